@@ -1,0 +1,202 @@
+"""Judge a file of candidate answers against the frozen ruler and print the scorecard.
+
+  python -m eval.judge --candidates FILE --judge offline|anthropic [--swap] [--samples K]
+                       [--out RECORDS] [--weights W] [--experiment NAME]
+  python -m eval.judge export-records --cache PATH --out FILE
+
+The candidates file is JSONL, one line per ruler case: {"id" or "input", "candidate": contract
+object (either key style) or the model's raw text} or {"id" or "input", "error": "..."} for a case
+whose generation failed. Every line is gated by the spec gate (a failure scores 0 and its
+violations are kept); the passing ones are judged; the judged records are written with --out
+(the format eval.score and eval.calibrate read) and the scorecard is printed. The ruler is
+verified first: nothing is scored on a ruler that does not match its manifest.
+
+`offline` is a deterministic proxy (no network) whose numbers are not comparable with published
+ones; `anthropic` is the Sonnet judge of the reference (ANTHROPIC_API_KEY from the environment).
+`export-records` turns the anthropic judge's verdict cache into judged records (for calibration).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from data.contract import ContractError, DiscoveryResult, parse_assistant, read_jsonl, \
+    spec_violations
+from data.leak import normalize_input
+from eval.judges import JUDGE_NAMES, JudgeItem, get_judge
+from eval.metric import render_scorecard, scorecard
+from eval.records import JudgedRecord, write_records
+from eval.ruler import RulerError, load_ruler
+from eval.verdict import Verdict
+
+
+def read_candidates(path, cases) -> dict[str, tuple[DiscoveryResult | None, str | None]]:
+    """Map ruler case id -> (candidate, generation error); errors name file:line:key."""
+    by_id = {c.id: c for c in cases}
+    by_input = {normalize_input(c.input): c for c in cases}
+    out: dict[str, tuple[DiscoveryResult | None, str | None]] = {}
+    first_line: dict[str, str] = {}
+    for where, obj in read_jsonl(path, what="candidate"):
+        if not isinstance(obj, dict):
+            raise ContractError(f"{where}: expected a JSON object")
+        if "id" in obj:
+            case = by_id.get(str(obj["id"]))
+            if case is None:
+                raise ContractError(f"{where}: key 'id': {obj['id']!r} is not a ruler case")
+        elif isinstance(obj.get("input"), str):
+            case = by_input.get(normalize_input(obj["input"]))
+            if case is None:
+                raise ContractError(f"{where}: key 'input': {obj['input']!r} is not a ruler task")
+        else:
+            raise ContractError(f"{where}: a candidate line needs key 'id' or 'input'")
+        if case.id in first_line:
+            raise ContractError(f"{where}: case {case.id} already given at {first_line[case.id]}")
+        first_line[case.id] = where
+        err = obj.get("error")
+        cand = obj.get("candidate")
+        if err is not None:
+            if not isinstance(err, str):
+                raise ContractError(f"{where}: key 'error' must be a string")
+            out[case.id] = (None, err)
+        elif isinstance(cand, str):
+            parsed = parse_assistant(cand)
+            out[case.id] = ((parsed.result, None) if parsed.result is not None
+                            else (None, "unparseable output: " + "; ".join(parsed.problems)))
+        elif isinstance(cand, dict):
+            out[case.id] = (DiscoveryResult.from_dict(cand, where=f"{where}: key 'candidate'",
+                                                      exact_questions=None), None)
+        else:
+            raise ContractError(f"{where}: needs key 'candidate' (contract object or text) or "
+                                "key 'error'")
+    return out
+
+
+def build_judge(args):
+    if args.judge == "offline":
+        if args.swap or args.samples != 1:
+            raise ValueError("--swap and --samples apply to the anthropic judge only (the offline "
+                             "judge is deterministic)")
+        return get_judge("offline", weights_path=args.weights,
+                         embedding_model=args.embedding_model)
+    if args.weights or args.embedding_model:
+        raise ValueError("--weights and --embedding-model apply to the offline judge only")
+    opts = {"swap": args.swap, "samples": args.samples, "progress": True}
+    for key in ("model", "cache_path", "concurrency"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    from data.anthropic_client import MissingKeyError   # lazy: needs the anthropic SDK
+    try:
+        return get_judge("anthropic", **opts)
+    except MissingKeyError as e:
+        raise ValueError(str(e)) from None
+
+
+def judge_candidates(cases, candidates, judge, *, ruler: dict, experiment: str | None = None
+                     ) -> list[JudgedRecord]:
+    """Gate every case, judge the passing ones, and return one record per ruler case."""
+    records: list[JudgedRecord] = []
+    to_judge: list[tuple[int, JudgeItem]] = []
+    for case in cases:
+        cand, err = candidates.get(case.id, (None, "no candidate for this case"))
+        violations = spec_violations(cand) if cand is not None else []
+        rec = JudgedRecord(input=case.input, gold=case.gold, candidate=cand,
+                           spec_passed=cand is not None and not violations,
+                           violations=violations, error=err,
+                           error_kind="generation" if err is not None else None,
+                           experiment=experiment, case_id=case.id, judge=judge.name, ruler=ruler)
+        if rec.spec_passed and err is None:
+            to_judge.append((len(records), JudgeItem(case.input, case.gold, cand)))
+        records.append(rec)
+    verdicts = judge.judge_many([item for _, item in to_judge]) if to_judge else []
+    if len(verdicts) != len(to_judge):
+        raise RuntimeError(f"judge {judge.name} returned {len(verdicts)} verdicts for "
+                           f"{len(to_judge)} items")
+    for (i, _), v in zip(to_judge, verdicts):
+        if isinstance(v, Verdict):
+            records[i].verdict = v
+        else:
+            records[i].error, records[i].error_kind = f"judge error: {v}", "judge"
+    return records
+
+
+def export_main(argv) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.judge export-records",
+                                description="Export the anthropic judge's verdict cache as "
+                                            "judged records (JSONL), e.g. for eval.calibrate.")
+    p.add_argument("--cache", required=True, help="the judge's SQLite cache")
+    p.add_argument("--out", required=True, help="records file to write")
+    args = p.parse_args(argv)
+    if not Path(args.cache).is_file():
+        print(f"error: {args.cache}: no such cache file", file=sys.stderr)
+        return 2
+    from eval.judges.anthropic import export_records   # lazy: needs the anthropic SDK
+    n = export_records(args.cache, args.out)
+    print(f"wrote {n if n is not None else 'the'} judged record(s) to {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export-records"]:
+        return export_main(argv[1:])
+    p = argparse.ArgumentParser(prog="python -m eval.judge", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--candidates", required=True, help="JSONL, one candidate per ruler case")
+    p.add_argument("--judge", choices=JUDGE_NAMES, default="offline",
+                   help="offline (deterministic proxy, default) or anthropic (Sonnet)")
+    p.add_argument("--swap", action="store_true",
+                   help="anthropic: also judge with the sets swapped; disagreement = tie")
+    p.add_argument("--samples", type=int, default=1, help="anthropic: judge K times, average")
+    p.add_argument("--model", default=None, help="anthropic: judge model")
+    p.add_argument("--cache", dest="cache_path", default=None, help="anthropic: verdict cache")
+    p.add_argument("--concurrency", type=int, default=None, help="anthropic: parallel requests")
+    p.add_argument("--weights", default=None, help="offline: fitted weights from eval.calibrate")
+    p.add_argument("--embedding-model", default=None,
+                   help="offline: local sentence-embedding folder (default: lexical similarity)")
+    p.add_argument("--out", default=None, help="write the judged records here (JSONL)")
+    p.add_argument("--experiment", default=None, help="label stored in every record")
+    p.add_argument("--scorecard-json", default=None, help="also write the scorecard as JSON")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score ruler cases missing from the file as errors instead of refusing")
+    p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
+    args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error("--samples must be at least 1")
+    try:
+        cases, info = load_ruler(verify=True, ruler_dir=args.ruler_dir)
+    except RulerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        candidates = read_candidates(args.candidates, cases)
+        missing = [c.id for c in cases if c.id not in candidates]
+        if missing and not args.allow_missing:
+            raise ContractError(f"{args.candidates}: no line for {len(missing)} ruler case(s): "
+                                f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} "
+                                "(pass --allow-missing to score them as errors)")
+        judge = build_judge(args)
+    except (ContractError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ruler = {"version": info.version, "hash": info.hash}
+    records = judge_candidates(cases, candidates, judge, ruler=ruler, experiment=args.experiment)
+    if args.out:
+        write_records(args.out, records)
+    card = scorecard(records, label=args.experiment or Path(args.candidates).name,
+                     judge=judge.name, ruler=ruler)
+    notice = None
+    if args.judge == "offline":
+        from eval.judges.offline import PROXY_NOTICE
+        notice = PROXY_NOTICE
+    render_scorecard(card, notice=notice)
+    if args.out:
+        print(f"judged records: {args.out}")
+    if args.scorecard_json:
+        Path(args.scorecard_json).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
+    return 1 if card.n_judge_errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The offline judge: a deterministic, network-free PROXY of the Sonnet judge, fast enough for CI.
+
+It is not the published judge and its numbers are not comparable with published ones; use it to
+catch regressions cheaply, and calibrate it against recorded real-judge verdicts
+(`python -m eval.calibrate`) before trusting its scale.
+
+How it scores (defaults below; a fitted weights file replaces them):
+- Text features, all 0..1, come from eval.judges.offline_features (question titles only, as the
+  real judge sees them): atomicity from compound detection (two asks joined by "and"/"or",
+  several question marks, comma lists, bare and/or); specificity from generic-filler phrases and
+  overlap with the task's terms (input, reference title and reference questions); coverage from
+  one-to-one soft matching of the reference's asks to the set's asks (Hungarian assignment on
+  similarity); naturalness from question form, a length of 5-12 words, second person and robotic
+  phrasing; non-redundancy from the maximum and mean pairwise similarity and the share of
+  near-duplicate questions.
+- Each dimension's 1..5 score = clamp(intercept + sum(weight * feature), 1, 5).
+- Pairwise: the candidate's scores are compared with the gold's own scores (the gold judged
+  against itself, the same anchor the real judge is given as SET A); with
+  d = sum over dimensions of w_dim * (candidate score - gold score) - center, the candidate is
+  better when d > tie_band, gold is better when d < -tie_band, else it is a tie. Defaults:
+  weights atomicity/specificity 0.25, naturalness/nonRedundancy 0.2 and coverage 0.1 (lexical
+  matching undervalues paraphrases, so coverage decides less), center 0, tie band 0.3. Gold
+  against itself is therefore always a tie.
+- Similarity is lexical (see offline_features) unless `embedding_model` names a local folder.
+  The default maps were set with lexical similarity; with an embedding model they still apply
+  (the coverage/duplicate thresholds move to the embedding scale) but calibrating is advised.
+  A fitted weights file records its backend and refuses the other one.
+
+Scores are floats rounded to 2 decimals (the real judge gives integers). `name` is
+"offline@<12 hex>", a hash of the weights and the similarity backend, recorded with every score.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
+from eval.judges import JudgeItem
+from eval.judges.offline_features import (FEATURES, EmbeddingSimilarity, LexicalSimilarity,
+                                          extract_features)
+from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
+
+WEIGHTS_FORMAT = "fmdistill-offline-judge-weights/1"
+PROXY_NOTICE = ("offline judge: a deterministic proxy of the Sonnet judge; its numbers are NOT "
+                "comparable with published (Sonnet-judged) ones")
+
+DEFAULT_WEIGHTS = {
+    "format": WEIGHTS_FORMAT,
+    "similarity": "lexical",
+    "dimensions": {
+        "atomicity": {"intercept": 5.0, "weights": {
+            "compound_clause": -6.0, "compound_list": -4.0, "compound_plain": -1.0}},
+        "specificity": {"intercept": 1.5, "weights": {
+            "generic_rate": -5.0, "task_overlap": 3.0, "concrete_density": 0.5}},
+        "coverage": {"intercept": 2.0, "weights": {"coverage_soft": 1.5, "coverage_hit": 1.5}},
+        "naturalness": {"intercept": 1.0, "weights": {
+            "question_form": 1.5, "length_fit": 1.25, "second_person": 1.25,
+            "robotic_rate": -2.5}},
+        "nonRedundancy": {"intercept": 5.5, "weights": {
+            "max_pair_sim": -1.0, "mean_pair_sim": -3.0, "dup_rate": -3.0}},
+    },
+    "pairwise": {"weights": {"atomicity": 0.25, "specificity": 0.25, "coverage": 0.1,
+                             "naturalness": 0.2, "nonRedundancy": 0.2},
+                 "center": 0.0, "tie_band": 0.3},
+}
+
+
+class WeightsError(ValueError):
+    """A weights file does not have the expected shape; the message names the key."""
+
+
+def validate_weights(w: dict, where: str = "weights") -> dict:
+    """Check a weights object key by key; unknown keys are errors naming the valid choices."""
+    def expect_keys(obj, path, required, optional=()):
+        if not isinstance(obj, dict):
+            raise WeightsError(f"{where}: {path} must be an object")
+        for k in obj:
+            if k not in required and k not in optional:
+                raise WeightsError(f"{where}: unknown key {path}.{k}; valid: "
+                                   f"{', '.join(list(required) + list(optional))}")
+        for k in required:
+            if k not in obj:
+                raise WeightsError(f"{where}: missing key {path}.{k}")
+
+    def number(v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise WeightsError(f"{where}: {path} must be a number, got {v!r}")
+
+    expect_keys(w, "", ("format", "similarity", "dimensions", "pairwise"), ("calibration",))
+    if w["format"] != WEIGHTS_FORMAT:
+        raise WeightsError(f"{where}: format is {w['format']!r}, expected {WEIGHTS_FORMAT!r}")
+    if w["similarity"] not in ("lexical", "embedding"):
+        raise WeightsError(f"{where}: similarity must be 'lexical' or 'embedding'")
+    expect_keys(w["dimensions"], "dimensions", RUBRIC_DIMENSIONS)
+    for dim in RUBRIC_DIMENSIONS:
+        spec = w["dimensions"][dim]
+        expect_keys(spec, f"dimensions.{dim}", ("intercept", "weights"))
+        number(spec["intercept"], f"dimensions.{dim}.intercept")
+        expect_keys(spec["weights"], f"dimensions.{dim}.weights", FEATURES[dim])
+        for k, v in spec["weights"].items():
+            number(v, f"dimensions.{dim}.weights.{k}")
+    pw = w["pairwise"]
+    expect_keys(pw, "pairwise", ("weights", "center", "tie_band"))
+    expect_keys(pw["weights"], "pairwise.weights", RUBRIC_DIMENSIONS)
+    for k, v in pw["weights"].items():
+        number(v, f"pairwise.weights.{k}")
+    number(pw["center"], "pairwise.center")
+    number(pw["tie_band"], "pairwise.tie_band")
+    if pw["tie_band"] < 0:
+        raise WeightsError(f"{where}: pairwise.tie_band must be >= 0")
+    return w
+
+
+def load_weights(path) -> dict:
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    return validate_weights(obj, where=str(path))
+
+
+def weights_identity(weights: dict, similarity_identity: str) -> str:
+    """Full hex hash of what decides the scores (the calibration report is left out)."""
+    core = {k: weights[k] for k in ("format", "similarity", "dimensions", "pairwise")}
+    text = json.dumps(core, sort_keys=True) + "|" + similarity_identity
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def predict_scores(features: dict[str, float], weights: dict) -> dict[str, float]:
+    """Each dimension's clamped linear map of its features."""
+    out = {}
+    for dim in RUBRIC_DIMENSIONS:
+        spec = weights["dimensions"][dim]
+        raw = spec["intercept"] + sum(spec["weights"][k] * features[k] for k in FEATURES[dim])
+        out[dim] = min(5.0, max(1.0, raw))
+    return out
+
+
+def pairwise_margin(cand_scores: dict, gold_scores: dict, pairwise: dict) -> float:
+    return sum(pairwise["weights"][d] * (cand_scores[d] - gold_scores[d])
+               for d in RUBRIC_DIMENSIONS) - pairwise["center"]
+
+
+def pairwise_decision(margin: float, tie_band: float) -> str:
+    if margin > tie_band:
+        return CANDIDATE_BETTER
+    if margin < -tie_band:
+        return GOLD_BETTER
+    return TIE
+
+
+class OfflineJudge:
+    """Deterministic proxy judge (see the module docstring). No network, no model by default."""
+
+    def __init__(self, weights_path=None, embedding_model=None):
+        self.weights = (load_weights(weights_path) if weights_path
+                        else copy.deepcopy(DEFAULT_WEIGHTS))
+        self.weights_path = str(weights_path) if weights_path else None
+        self.sim = EmbeddingSimilarity(embedding_model) if embedding_model else LexicalSimilarity()
+        if not weights_path:
+            self.weights["similarity"] = self.sim.name   # defaults serve either backend
+        if self.weights["similarity"] != self.sim.name:
+            raise WeightsError(
+                f"{weights_path}: these weights were fitted with {self.weights['similarity']} "
+                f"similarity but the judge was asked to use {self.sim.name} similarity; "
+                + ("pass --embedding-model" if self.weights["similarity"] == "embedding"
+                   else "drop --embedding-model") + " or recalibrate")
+        self.prompt_hash = weights_identity(self.weights, self.sim.identity)
+        self.name = f"offline@{self.prompt_hash[:12]}"
+
+    def features(self, task_input: str, own: DiscoveryResult, reference: DiscoveryResult):
+        return extract_features(task_input, own, reference, self.sim)
+
+    def judge_one(self, item: JudgeItem) -> Verdict:
+        fc = self.features(item.input, item.candidate, item.gold)
+        fg = self.features(item.input, item.gold, item.gold)
+        sc = predict_scores(fc, self.weights)
+        sg = predict_scores(fg, self.weights)
+        pw = self.weights["pairwise"]
+        margin = pairwise_margin(sc, sg, pw)
+        verdict = pairwise_decision(margin, pw["tie_band"])
+        weakest = min(RUBRIC_DIMENSIONS, key=lambda d: (sc[d] - sg[d], sc[d]))
+        notes = (f"offline proxy: weakest dimension {weakest} "
+                 f"({sc[weakest]:.2f} vs gold {sg[weakest]:.2f}); margin {margin:+.2f}")
+        return Verdict(verdict, {d: round(v, 2) for d, v in sc.items()}, notes, self.name,
+                       {"margin": round(margin, 4),
+                        "gold_scores": {d: round(v, 2) for d, v in sg.items()},
+                        "features": {k: round(v, 4) for k, v in fc.items()}})
+
+    def judge_many(self, items: list[JudgeItem]) -> list[Verdict | str]:
+        return [self.judge_one(it) for it in items]
