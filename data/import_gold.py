@@ -1,0 +1,152 @@
+"""Import gold sets you already have (camelCase case format) through the distillation gate.
+
+    python -m data.import_gold DIR|FILE [DIR|FILE ...] --out gold.jsonl [--quarantine PATH]
+
+Reads .json files (one case or a list of cases) and .jsonl files (one case per line),
+directories recursively in sorted order. Each case is `{"id","input","gold":{taskTitle,
+taskDescription, questions[{title, description, requiresExternalAction}]}}` or a bare result
+carrying its own "input". Every case passes the same checks as teacher output (the contract
+and data.contract.spec_violations); a failing one goes to the quarantine file with its file:line
+and reason. Ids already in the output are skipped, so re-running an import is harmless.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from data.appendlog import AppendLog, read_records
+from data.contract import ContractError, case_from_dict, spec_violations
+from data.anthropic_client import now_iso
+
+
+@dataclass
+class ImportSummary:
+    files: int = 0
+    imported: int = 0
+    skipped: int = 0        # id already in the output
+    quarantined: int = 0
+    out_path: str = ""
+    quarantine_path: str = ""
+
+    def text(self) -> str:
+        s = (f"import_gold: {self.files} files: {self.imported} imported, {self.skipped} already "
+             f"present, {self.quarantined} quarantined\n  output: {self.out_path}")
+        if self.quarantined:
+            s += f"\n  quarantine: {self.quarantine_path} (file:line and reason per case)"
+        return s
+
+
+def source_files(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".json", ".jsonl"))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+    return files
+
+
+def raw_cases(path: Path) -> Iterator[tuple[str, Any, str]]:
+    """(where, object, problem) per case in a file; problem is non-empty for unreadable parts."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{lineno}", json.loads(line), ""
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", line, f"invalid JSON ({e.msg}, column {e.colno})"
+        return
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        yield f"{path}:{e.lineno}", text[:200], f"invalid JSON ({e.msg})"
+        return
+    if isinstance(obj, list):
+        for i, o in enumerate(obj):
+            yield f"{path}[{i}]", o, ""
+    else:
+        yield str(path), obj, ""
+
+
+def import_gold(paths: list[str | Path], out_path: str | Path,
+                quarantine_path: str | Path | None = None) -> ImportSummary:
+    out_path = Path(out_path)
+    quarantine_path = Path(quarantine_path) if quarantine_path else \
+        out_path.with_name(out_path.stem + ".quarantine.jsonl")
+    files = source_files([Path(p) for p in paths])
+    summary = ImportSummary(files=len(files), out_path=str(out_path),
+                            quarantine_path=str(quarantine_path))
+    with AppendLog(out_path) as out, AppendLog(quarantine_path) as quarantine:
+        done = {str(o.get("id")) for _w, o in read_records(out_path) if isinstance(o, dict)}
+        # A re-run must not pile up the same rejections again.
+        rejected = {(o.get("where"), o.get("reason")) for _w, o in read_records(quarantine_path)
+                    if isinstance(o, dict)}
+        seen_here: dict[str, tuple[str, str]] = {}
+        for f in files:
+            for where, obj, problem in raw_cases(f):
+                reason = problem
+                case = None
+                if not reason:
+                    try:
+                        case = case_from_dict(obj, where=where)
+                        violations = spec_violations(case.gold)
+                        if violations:
+                            reason = f"{where}: fails the spec gate: " + "; ".join(violations)
+                    except ContractError as e:
+                        reason = str(e)
+                else:
+                    reason = f"{where}: {reason}"
+                if case is not None and not reason and case.id in seen_here:
+                    first, first_gold = seen_here[case.id]
+                    if first_gold == case.gold.to_json():
+                        summary.skipped += 1      # the same case twice: keep one
+                        continue
+                    reason = f"{where}: id {case.id!r} was already imported from {first} " \
+                             "with a different answer"
+                if reason:
+                    if (where, reason) not in rejected:
+                        quarantine.append({"where": where, "reason": reason, "record": obj,
+                                           "timestamp": now_iso()})
+                        rejected.add((where, reason))
+                    summary.quarantined += 1
+                    continue
+                seen_here[case.id] = (where, case.gold.to_json())
+                if case.id in done:
+                    summary.skipped += 1
+                    continue
+                record = case.to_dict("camel")
+                record["source"] = case.source or f"imported:{f.name}"
+                out.append(record)
+                done.add(case.id)
+                summary.imported += 1
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.import_gold", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", type=Path, help="files (.json/.jsonl) or directories")
+    p.add_argument("--out", required=True, type=Path, help="gold JSONL to append to")
+    p.add_argument("--quarantine", type=Path, default=None,
+                   help="rejected cases with reasons (default OUT.quarantine.jsonl)")
+    a = p.parse_args(argv)
+    try:
+        summary = import_gold(a.paths, a.out, a.quarantine)
+    except (FileNotFoundError, ContractError, UnicodeDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.text())
+    return 0 if summary.imported or summary.skipped or not summary.quarantined else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
