@@ -268,10 +268,12 @@ def parse_assistant(text: str, *, strict: bool = False, n_questions: int = N_QUE
     with the result kept as generated — never padded or trimmed.
     """
     if strict:
-        res = DiscoveryResult.from_json(text.strip(), where="assistant text")
-        if len(res.questions) != n_questions:
-            raise ContractError(f"assistant text: has {len(res.questions)} questions, expected "
-                                f"{n_questions}")
+        try:
+            obj = json.loads(text.strip())
+        except json.JSONDecodeError as e:
+            raise ContractError(f"assistant text: invalid JSON ({e.msg} at line {e.lineno} "
+                                f"column {e.colno})") from None
+        res = DiscoveryResult.from_dict(obj, where="assistant text", exact_questions=n_questions)
         return ParsedAnswer(res, [], len(res.questions))
     problems: list[str] = []
     notes: list[str] = []

@@ -1,0 +1,187 @@
+"""LoRA SFT: `python -m train.sft --config configs/sft.yaml [--any_key value ...]`.
+
+TRL's SFTTrainer with a PEFT LoRA (Apple's defaults: rank 32, alpha 16, on q/k/v/o/gate/up/down),
+loss on the assistant answer only (prompt/completion data), device and precision chosen
+automatically (CUDA -> MPS -> CPU; bf16 where supported), validation loss every epoch,
+checkpoints with `--resume_from_checkpoint latest|PATH`, a seed and a progress bar. The output
+folder holds the adapter (safetensors), run.json and loss_curve.png.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data.contract import PROMPT_HASH
+from data.corpus import ruler_inputs
+from data.leak import LeakGuard
+from train.common import (LoraFields, checkpoint_to_resume, file_sha256, lora_config, new_run_id,
+                          plot_curves, resolve_runtime, run_record, trainer_precision_kwargs,
+                          training_inputs, write_json_atomic)
+from train.config import ConfigError, config_help, load_config, parse_overrides
+
+
+@dataclass
+class SFTRunConfig(LoraFields):
+    model_name_or_path: str = field(default="Qwen/Qwen2.5-3B-Instruct", metadata={
+        "help": "hub id, local save_pretrained folder, Apple toolkit assets folder, or 'standin'"})
+    model_revision: str | None = None
+    train_file: str = field(default="runs/data/sft/train.jsonl",
+                            metadata={"help": "prompt/completion JSONL from python -m data.sft"})
+    val_file: str | None = "runs/data/sft/val.jsonl"
+    output_dir: str = "runs/sft"
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_length: int = 1024
+    seed: int = 42
+    logging_steps: int = 5
+    save_strategy: str = "epoch"
+    save_steps: int = 500
+    save_total_limit: int = 2
+    device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu"})
+    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32"})
+    gradient_checkpointing: bool = False
+    resume_from_checkpoint: str | None = field(default=None,
+                                               metadata={"help": "latest | PATH"})
+    progress: bool = True
+
+
+def _load_datasets(cfg):
+    from datasets import load_dataset
+
+    for name in ("train_file", "val_file"):
+        p = getattr(cfg, name)
+        if p and not Path(p).exists():
+            raise FileNotFoundError(f"{name} {p} does not exist; build it with "
+                                    "`python -m data.sft` (or point the config at your data)")
+    train = load_dataset("json", data_files=cfg.train_file, split="train")
+    val = load_dataset("json", data_files=cfg.val_file, split="train") if cfg.val_file else None
+    keep = ["prompt", "completion"]
+    for ds, name in ((train, cfg.train_file), (val, cfg.val_file)):
+        if ds is not None and not set(keep) <= set(ds.column_names):
+            raise ConfigError(f"{name}: expected prompt/completion records (columns {keep}), "
+                              f"found {ds.column_names}")
+    train = train.remove_columns([c for c in train.column_names if c not in keep])
+    if val is not None:
+        val = val.remove_columns([c for c in val.column_names if c not in keep])
+    return train, val
+
+
+def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int) -> dict:
+    """What run.json says about the data, including every training input for eval's leak check."""
+    inputs = training_inputs(train_file)
+    leaks = LeakGuard(ruler_inputs()).find_leaks((f"{train_file}#{i + 1}", t)
+                                                 for i, t in enumerate(inputs))
+    return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
+            "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
+            "n_train": n_train, "n_val": n_val, "inputs": inputs,
+            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks]}
+
+
+def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
+    """(trainer, tokenizer, base_info, data record, checkpoint to resume) — nothing trained yet."""
+    import transformers
+    from trl import SFTConfig, SFTTrainer
+
+    from train.models import load_base
+
+    out = Path(cfg.output_dir)
+    device, precision = resolve_runtime(cfg.device, cfg.precision)
+    resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
+    transformers.set_seed(cfg.seed)
+    train_ds, val_ds = _load_datasets(cfg)
+    model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
+                                            precision=precision)
+    data = data_record(cfg.train_file, cfg.val_file, len(train_ds), len(val_ds or []))
+    if data["ruler_leaks"]:
+        # Training goes on (the user may be testing the guard), but the run carries the evidence
+        # and eval logs every score of this adapter as invalid.
+        print(f"WARNING: {len(data['ruler_leaks'])} training input(s) match ruler tasks; scores "
+              "of this adapter will be logged invalid:\n  " + "\n  ".join(data["ruler_leaks"]),
+              file=sys.stderr)
+    has_val = val_ds is not None and len(val_ds) > 0
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"), learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay, max_length=cfg.max_length, seed=cfg.seed,
+        data_seed=cfg.seed, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        eval_strategy="epoch" if has_val else "no", completion_only_loss=True,
+        gradient_checkpointing=cfg.gradient_checkpointing, report_to="none",
+        disable_tqdm=not cfg.progress, dataloader_num_workers=0,
+        **trainer_precision_kwargs(device, precision),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
+                         eval_dataset=val_ds if has_val else None, processing_class=tokenizer,
+                         peft_config=lora_config(cfg), callbacks=callbacks)
+    base_info = dict(base_info, device=device, precision=precision)
+    return trainer, tokenizer, base_info, data, resume
+
+
+def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
+    """Train and save; returns the run folder."""
+    trainer, tokenizer, base_info, data, resume = build_trainer(cfg, callbacks)
+    out = Path(cfg.output_dir)
+    has_val = trainer.eval_dataset is not None
+    # Validation loss of the untouched base (LoRA B starts at zero), so every run records how
+    # far training moved it; skipped on resume, where the base is no longer the starting point.
+    initial_eval = trainer.evaluate() if has_val and not resume else {}
+    t0 = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    final_eval = trainer.evaluate() if has_val else {}
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        history = trainer.state.log_history
+        metrics = {"train_loss": [r["loss"] for r in history if "loss" in r],
+                   "eval_loss": [r["eval_loss"] for r in history if "eval_loss" in r],
+                   "initial_eval_loss": initial_eval.get("eval_loss"),
+                   "final_eval_loss": final_eval.get("eval_loss"),
+                   "global_step": trainer.state.global_step,
+                   "train_seconds": round(time.time() - t0, 1)}
+        plot_curves(history, out / "loss_curve.png", ("loss", "eval_loss"),
+                    f"SFT {cfg.model_name_or_path}")
+        write_json_atomic(out / "run.json", run_record(
+            stage="sft", run_id=new_run_id("sft", cfg), cfg=cfg, base_info=base_info, data=data,
+            metrics=metrics, extra={"resumed_from": resume}))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__ + "\nConfig keys (YAML or --key value):\n" + config_help(SFTRunConfig))
+        return 0
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            print("error: --config needs a path", file=sys.stderr)
+            return 2
+        config_path = argv[i + 1]
+        del argv[i:i + 2]
+    try:
+        cfg = load_config(SFTRunConfig, config_path, parse_overrides(argv))
+        out = run_sft(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if out is not None and (out / "run.json").exists():
+        print(f"adapter written to {out} (run.json, loss_curve.png); prompt {PROMPT_HASH[:12]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
