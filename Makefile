@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fmdistill-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean chromium
 
 venv: $(STAMP)
 
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	$(PY) -m recipes.quickstart
 
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
+
+chromium:
+	bash scripts/ensure-chromium.sh
 
 clean:
 	rm -rf runs .cache

@@ -43,7 +43,7 @@ CHAT_TEMPLATE = (
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
 VOCAB_SIZE = 4096
-PRETRAIN = dict(steps=300, batch_size=8, seq_len=384, lr=5e-3, warmup=20)
+PRETRAIN = dict(steps=200, batch_size=8, seq_len=384, lr=5e-3, warmup=20)
 
 
 GENERIC_SYSTEM = "You are a helpful assistant."
