@@ -1,0 +1,403 @@
+"""Score a base model (plus an optional adapter) on the frozen ruler and log the experiment.
+
+  python -m eval.run --base PATH_OR_ID [--adapter RUN_DIR] --pipeline single|overgen-prune|retrieval
+                     --judge offline|anthropic --label L --note "hypothesis"
+                     [--lever inference|sft|orpo|...] [--db runs/experiments.db]
+                     [--out-dir runs/eval/<label>] [--max-new-tokens N] [--batch-size N]
+                     [--swap] [--samples K] [--k N] [--pool FILE]
+
+One command for the research loop: verify the ruler (a ruler that does not match its manifest is
+refused), generate every ruler case greedily through the chosen pipeline, gate, judge, score,
+print the scorecard with the running best of this ruler and judge and a paired test against it,
+write per-case results, and append one row to the experiment log (eval.log).
+
+Leak check: an adapter's run.json lists every training input (data.inputs). If one equals or
+nearly equals a ruler task, or run.json cannot show the training data, the experiment is still
+scored but logged `invalid` with the reason, and it can never become the running best.
+
+Files written to the output folder: cases.json (per case: input, gold, raw output, candidate,
+spec violations, verdict, notes, quality, pipeline details), records.jsonl (judged records, the
+format eval.score reads), scorecard.json, experiment.json (log id, status, comparison).
+
+Exit status: 0 logged kept or discarded; 1 the ruler does not match its manifest; 2 bad
+arguments; 3 logged invalid (leak or unverifiable training data).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from data.contract import PROMPT_HASH, ContractError
+from data.leak import LeakGuard
+from eval.log import DEFAULT_DB, append_experiment
+from eval.metric import (paired_comparison, record_quality, render_comparison, render_scorecard,
+                         scorecard)
+from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
+from eval.records import record_from_dict
+from eval.ruler import RulerError, load_ruler
+
+LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "grpo", "data", "other")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256_files(paths) -> str | None:
+    h = hashlib.sha256()
+    found = False
+    for p in paths:
+        if p.is_file():
+            found = True
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest() if found else None
+
+
+def adapter_hash(adapter_dir) -> str | None:
+    d = Path(adapter_dir)
+    return _sha256_files([d / "adapter_config.json", d / "adapter_model.safetensors",
+                          d / "adapter_model.bin"])
+
+
+def training_inputs_of(run: dict, adapter_dir) -> tuple[list[str] | None, str | None]:
+    """(training inputs, None) from run.json, or (None, why they cannot be known)."""
+    data = run.get("data") or {}
+    if isinstance(data.get("inputs"), list):
+        return [str(x) for x in data["inputs"]], None
+    # Older runs: re-read the training file, but only if it is byte-identical to what was trained.
+    train_file, recorded = data.get("train_file"), data.get("train_sha256")
+    if train_file and recorded and Path(train_file).is_file():
+        from train.common import file_sha256, training_inputs
+        if file_sha256(train_file) == recorded:
+            return training_inputs(train_file), None
+        return None, (f"{adapter_dir}/run.json has no data.inputs and {train_file} changed since "
+                      "training (sha256 differs)")
+    return None, (f"{adapter_dir}/run.json has no data.inputs and its training file is not "
+                  "available, so its training data cannot be checked for ruler tasks")
+
+
+def leak_reason(adapter_dir, cases) -> tuple[dict | None, str | None]:
+    """(run.json or None, why the experiment is invalid or None) for an adapter folder."""
+    run_path = Path(adapter_dir) / "run.json"
+    if not run_path.is_file():
+        return None, (f"{adapter_dir} has no run.json, so its training data cannot be checked for "
+                      "ruler tasks")
+    try:
+        run = json.loads(run_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        return None, f"{run_path}:{e.lineno}: invalid JSON ({e.msg}); training data unknown"
+    inputs, why = training_inputs_of(run, adapter_dir)
+    if inputs is None:
+        return run, why
+    guard = LeakGuard([(c.id, c.input) for c in cases])
+    leaks = guard.find_leaks((f"training input #{i + 1}", t) for i, t in enumerate(inputs))
+    if leaks:
+        shown = "; ".join(f"{lk.protected_id} {lk.protected_input!r} ~ {lk.where} {lk.input!r}"
+                          for lk in leaks[:5])
+        more = f" (+{len(leaks) - 5} more)" if len(leaks) > 5 else ""
+        return run, (f"leak: the adapter's training data contains {len(leaks)} ruler task(s): "
+                     f"{shown}{more}")
+    return run, None
+
+
+def judge_identity(judge, swap: bool, samples: int) -> str:
+    """The name bests are kept per: the judge's own name plus the options that change scores."""
+    return judge.name + ("+swap" if swap else "") + (f"+samples{samples}" if samples > 1 else "")
+
+
+def build_judge(name: str, *, swap: bool = False, samples: int = 1, options: dict | None = None,
+                progress: bool = True):
+    from eval.judges import get_judge
+    options = dict(options or {})
+    if name == "offline":
+        if swap or samples != 1:
+            raise ValueError("--swap and --samples apply to the anthropic judge only (the offline "
+                             "judge is deterministic)")
+        return get_judge("offline", **options)
+    if name == "anthropic":
+        from data.anthropic_client import MissingKeyError  # lazy: needs the anthropic SDK
+        try:
+            return get_judge("anthropic", swap=swap, samples=samples, progress=progress,
+                             **options)
+        except MissingKeyError as e:
+            raise ValueError(str(e)) from None
+    raise ValueError(f"unknown judge {name!r}; choose offline or anthropic")
+
+
+def default_out_dir(label: str) -> Path:
+    """runs/eval/<label>, or <label>-2, -3 ... when an earlier run used that label."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in label) or "run"
+    base = Path("runs") / "eval" / safe
+    out, n = base, 1
+    while (out / "cases.json").exists():
+        n += 1
+        out = base.with_name(f"{safe}-{n}")
+    return out
+
+
+def scorecard_columns(card) -> dict:
+    """The log columns that come from a scorecard (the full scorecard goes in `metrics`)."""
+    ci = card.headline_ci
+    return {"headline": card.headline, "headline_ci_lo": ci[0] if ci else None,
+            "headline_ci_hi": ci[1] if ci else None, "headline_answered": card.headline_answered,
+            "spec_pass_rate": card.spec_pass_rate, "error_rate": card.error_rate,
+            "wins": card.wins, "ties": card.ties, "losses": card.losses,
+            "ruler_version": (card.ruler or {}).get("version"),
+            "ruler_hash": (card.ruler or {}).get("hash"), "judge": card.judge,
+            "metrics": card.to_dict()}
+
+
+def log_experiment(db, records, card, columns: dict, *, invalid_reason: str | None = None,
+                   case_extras: list[dict] | None = None):
+    """Append scored records to the log, paired-compared with the running best they must beat.
+
+    `columns` holds the descriptive log columns (label, note, lever, base, adapter, pipeline,
+    config, hashes); the metric columns, ruler and judge come from `card`. Returns
+    (experiment, running best before it or None).
+    """
+    stored = [dict(r.to_dict(), quality=record_quality(r)) for r in records]
+    for s, extra in zip(stored, case_extras or []):
+        s.update(extra)
+
+    def compare(best, best_cases):
+        try:
+            a = [record_from_dict({k: v for k, v in r.items() if k != "quality"},
+                                  f"experiment #{best.id} case {r.get('case_id')}")
+                 for r in best_cases]
+            return paired_comparison(a, records, label_a=f"best #{best.id} {best.label}",
+                                     label_b=card.label or "this run").to_dict()
+        except (ValueError, ContractError) as e:
+            return {"error": str(e)}
+
+    entry = {**columns, **scorecard_columns(card)}
+    return append_experiment(db, entry, stored, invalid_reason=invalid_reason, compare=compare)
+
+
+def case_entries(cases, gens, records) -> list[dict]:
+    out = []
+    for case, gen, rec in zip(cases, gens, records):
+        v = rec.verdict
+        out.append({
+            "case_id": case.id, "input": case.input, "gold": case.gold.to_dict(),
+            "raw_output": gen.text, "candidate": rec.candidate.to_dict() if rec.candidate else None,
+            "parse_problems": gen.problems,
+            "spec": {"passed": rec.spec_passed, "violations": rec.violations},
+            "verdict": ({"pairwise": v.pairwise, "rubric": v.rubric, "notes": v.notes}
+                        if v else None),
+            "notes": v.notes if v else (rec.error or "; ".join(rec.violations)),
+            "quality": record_quality(rec), "error": rec.error, "error_kind": rec.error_kind,
+            "pipeline": gen.details,
+        })
+    return out
+
+
+def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = "offline",
+             label: str, note: str, lever: str = "inference", db=DEFAULT_DB, out_dir=None,
+             max_new_tokens: int = 640, batch_size: int = 16, swap: bool = False,
+             samples: int = 1, k: int = DEFAULT_K, pool=None, ruler_dir=None,
+             judge_options: dict | None = None, device: str = "auto", precision: str = "fp32",
+             progress: bool = True, console=None, quiet: bool = False) -> dict:
+    """Generate, gate, judge, score, write and log one experiment; returns its summary dict.
+
+    Raises RulerError on a ruler that does not match its manifest, ValueError/FileNotFoundError
+    on bad arguments (before anything is generated).
+    """
+    from rich.console import Console
+
+    from eval.judge import judge_candidates
+    from train.models import load_with_adapter, pick_device
+    console = console or Console(quiet=quiet)
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
+    if not label or not note:
+        raise ValueError("every experiment needs a --label and a --note (its hypothesis)")
+    cases, info = load_ruler(verify=True, ruler_dir=ruler_dir)
+    ruler = {"version": info.version, "hash": info.hash}
+    run_json, invalid = (None, None)
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder "
+                                    "(adapter_config.json is missing)")
+        run_json, invalid = leak_reason(adapter, cases)
+    judge_obj = build_judge(judge, swap=swap, samples=samples, options=judge_options,
+                            progress=progress)
+    pool_cases = load_pool(pool) if pipeline == "retrieval" else None
+    opts = PipelineOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, k=k,
+                           pool=pool_cases, progress=progress,
+                           pool_source=str(pool) if pool else "bundled reference answers")
+    out = Path(out_dir) if out_dir else default_out_dir(label)
+    if out_dir and (out / "cases.json").exists():
+        raise ValueError(f"{out} already holds an evaluation; choose another --out-dir or --label")
+
+    dev = pick_device(device)
+    trained_on = (run_json or {}).get("base_model") or {}
+    try:
+        model, tokenizer, base_info = load_with_adapter(base, adapter, precision=precision,
+                                                        device=dev)
+    except RuntimeError as e:   # typically a shape mismatch: the adapter belongs to another base
+        first = str(e).strip().splitlines()[:2]
+        raise ValueError(f"cannot load adapter {adapter} on base {base}: {' '.join(first)}"
+                         + (f" (the adapter was trained on {trained_on.get('name_or_path')}, "
+                            f"identity {str(trained_on.get('identity'))[:12]})"
+                            if trained_on else "")) from None
+    if trained_on.get("identity") and trained_on["identity"] != base_info["identity"]:
+        raise ValueError(f"{adapter} was trained on base {trained_on.get('name_or_path')} "
+                         f"(identity {trained_on['identity'][:12]}), not on {base} (identity "
+                         f"{base_info['identity'][:12]}); pass the base it was trained on")
+    gens = run_pipeline(pipeline, model, tokenizer, [c.input for c in cases], opts)
+    candidates = {c.id: (g.result, g.error) for c, g in zip(cases, gens)}
+    records = judge_candidates(cases, candidates, judge_obj, ruler=ruler, experiment=label)
+    judge_name = judge_identity(judge_obj, swap, samples)
+    card = scorecard(records, label=label, judge=judge_name, ruler=ruler)
+
+    config = {"base": base_info, "adapter": str(adapter) if adapter else None,
+              "adapter_hash": adapter_hash(adapter) if adapter else None,
+              "generation": opts.describe(pipeline), "batch_size": batch_size, "device": dev,
+              "precision": precision, "prompt_hash": PROMPT_HASH, "judge": judge_name,
+              "judge_prompt_hash": judge_obj.prompt_hash, "judge_options": judge_options or {}}
+    # Batch size, device, judge concurrency and cache location do not change the numbers (greedy
+    # outputs are batch-invariant on purpose); they stay out of the hash.
+    hashed = {k: v for k, v in config.items() if k not in ("batch_size", "device")}
+    hashed["judge_options"] = {k: v for k, v in (judge_options or {}).items()
+                               if k not in ("concurrency", "cache_path")}
+    config_hash = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()
+                                 ).hexdigest()
+    entries = case_entries(cases, gens, records)
+    out.mkdir(parents=True, exist_ok=True)
+    from eval.records import write_records
+    write_records(out / "records.jsonl", records)
+    _write_atomic(out / "cases.json", json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
+    _write_atomic(out / "scorecard.json", json.dumps(card.to_dict(), indent=2) + "\n")
+
+    from train.common import git_commit
+    columns = {
+        "label": label, "note": note, "lever": lever, "base_model": base_info["name_or_path"],
+        "base_identity": base_info["identity"], "adapter": str(adapter) if adapter else None,
+        "adapter_hash": config["adapter_hash"],
+        "adapter_run_id": (run_json or {}).get("run_id"), "pipeline": pipeline,
+        "config_json": json.dumps(config, default=str), "config_hash": config_hash,
+        "judge_prompt_hash": judge_obj.prompt_hash, "prompt_hash": PROMPT_HASH,
+        "git_commit": git_commit(), "out_dir": str(out),
+    }
+    extras = [{"raw_output": e["raw_output"], "pipeline": e["pipeline"]} for e in entries]
+    exp, best = log_experiment(db, records, card, columns, invalid_reason=invalid,
+                               case_extras=extras)
+    comparison = json.loads(exp.row["comparison_json"] or "null")
+    summary = {
+        "experiment_id": exp.id, "status": exp.row["status"], "reason": invalid,
+        "label": label, "judge": judge_name, "ruler": ruler, "scorecard": card.to_dict(),
+        "qualities": {c.id: q for c, q in zip(cases, card.qualities)},
+        "best_before": ({"id": best.id, "label": best.label, "headline": best.headline}
+                        if best else None),
+        "comparison": comparison, "out_dir": str(out), "db": str(db),
+        "config_hash": config_hash, "cases": entries,
+    }
+    _write_atomic(out / "experiment.json", json.dumps(
+        {k: v for k, v in summary.items() if k != "cases"}, indent=2, default=str) + "\n")
+    _print_summary(console, card, judge, summary)
+    return summary
+
+
+def _print_summary(console, card, judge: str, s: dict) -> None:
+    from eval.judges.offline import PROXY_NOTICE
+    from eval.metric import PairedComparison
+    render_scorecard(card, console, notice=PROXY_NOTICE if judge == "offline" else None)
+    best = s["best_before"]
+    if best is None:
+        console.print("Running best: none yet for this ruler and judge.")
+    else:
+        console.print(f"Running best before this run: #{best['id']} {best['label']} "
+                      f"{best['headline']:.3f}")
+        c = s["comparison"]
+        if c and "error" not in c:
+            c = dict(c, diff_ci=tuple(c["diff_ci"]) if c["diff_ci"] else None)
+            render_comparison(PairedComparison(**c), console)
+        elif c:
+            console.print(f"[yellow]paired comparison not possible: {c['error']}[/yellow]")
+    status = s["status"]
+    style = {"kept": "green", "discarded": "yellow", "invalid": "red"}[status]
+    why = {"kept": "new running best", "discarded": "does not beat the running best",
+           "invalid": s["reason"] or ""}[status]
+    console.print(f"[{style}]experiment #{s['experiment_id']} logged as {status.upper()}[/{style}]"
+                  f" ({why}) in {s['db']}; per-case results in {s['out_dir']}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True,
+                   help="base model: hub id, local folder, Apple assets folder, or 'standin'")
+    p.add_argument("--adapter", default=None, help="training run folder (PEFT adapter + run.json)")
+    p.add_argument("--pipeline", choices=PIPELINES, default="single")
+    p.add_argument("--judge", choices=("offline", "anthropic"), default="offline",
+                   help="offline (deterministic proxy) or anthropic (Sonnet; ANTHROPIC_API_KEY)")
+    p.add_argument("--label", required=True, help="short name of this experiment")
+    p.add_argument("--note", required=True, help="the hypothesis this experiment tests")
+    p.add_argument("--lever", default="inference",
+                   help=f"what was changed: {', '.join(LEVERS)} (free text allowed)")
+    p.add_argument("--db", default=str(DEFAULT_DB), help=f"experiment log (default {DEFAULT_DB})")
+    p.add_argument("--out-dir", default=None, help="per-case results (default runs/eval/<label>)")
+    p.add_argument("--max-new-tokens", type=int, default=640)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--swap", action="store_true", help="anthropic: also judge position-swapped")
+    p.add_argument("--samples", type=int, default=1, help="anthropic: judge K times and average")
+    p.add_argument("--judge-model", default=None, help="anthropic: judge model")
+    p.add_argument("--judge-cache", default=None, help="anthropic: verdict cache (SQLite)")
+    p.add_argument("--judge-concurrency", type=int, default=None,
+                   help="anthropic: parallel requests")
+    p.add_argument("--weights", default=None, help="offline: fitted weights (eval.calibrate)")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="retrieval: demonstrations per case")
+    p.add_argument("--pool", default=None,
+                   help="retrieval: gold/SFT JSONL file or folder (default: bundled references)")
+    p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    p.add_argument("--precision", default="fp32", help="fp32 (default, repeatable) | bf16 | fp16")
+    p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.k < 0:
+        p.error("--samples, --max-new-tokens and --batch-size must be >= 1, --k >= 0")
+    opts: dict = {}
+    if args.judge == "offline":
+        if args.weights:
+            opts["weights_path"] = args.weights
+        if args.judge_model or args.judge_cache or args.judge_concurrency:
+            p.error("--judge-model, --judge-cache and --judge-concurrency apply to the anthropic "
+                    "judge only")
+    else:
+        if args.weights:
+            p.error("--weights applies to the offline judge only")
+        opts.update({k: v for k, v in (("model", args.judge_model),
+                                       ("cache_path", args.judge_cache),
+                                       ("concurrency", args.judge_concurrency)) if v})
+    try:
+        s = run_eval(base=args.base, adapter=args.adapter, pipeline=args.pipeline,
+                     judge=args.judge, label=args.label, note=args.note, lever=args.lever,
+                     db=args.db, out_dir=args.out_dir, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size, swap=args.swap, samples=args.samples, k=args.k,
+                     pool=args.pool, ruler_dir=args.ruler_dir, judge_options=opts,
+                     device=args.device, precision=args.precision,
+                     progress=not args.no_progress)
+    except RulerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, ContractError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 3 if s["status"] == "invalid" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
