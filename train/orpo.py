@@ -192,7 +192,9 @@ def _attach_adapter_init(cfg: ORPORunConfig, model, base_info: dict):
     # The adapter's own shape is what gets trained; record it as the resolved config.
     cfg.lora_r, cfg.lora_alpha = int(peft_cfg.r), int(peft_cfg.lora_alpha)
     cfg.lora_dropout = float(peft_cfg.lora_dropout)
-    cfg.lora_target_modules = sorted(peft_cfg.target_modules)
+    targets = set(peft_cfg.target_modules)      # PEFT keeps a set: reuse the configured order
+    cfg.lora_target_modules = ([m for m in cfg.lora_target_modules if m in targets]
+                               + sorted(targets - set(cfg.lora_target_modules)))
     return model, {"run_dir": str(path), "run_id": run.get("run_id"), "stage": run.get("stage"),
                    "adapter_sha256": file_sha256(path / "adapter_model.safetensors")}
 
