@@ -136,3 +136,37 @@ def test_afm_sft_config_fits_the_sft_schema():
     assert (cfg.lora_r, cfg.lora_alpha) == (32, 16)
     assert cfg.lora_target_modules == LORA_TARGET_MODULES
     assert cfg.gradient_checkpointing and cfg.precision == "auto"
+
+
+def test_afm_orpo_config_fits_the_orpo_schema():
+    from train.config import load_config
+    from train.orpo import ORPORunConfig
+
+    cfg = load_config(ORPORunConfig, Path(__file__).resolve().parents[1] / "configs" / "afm-orpo.yaml")
+    assert (cfg.lora_r, cfg.lora_alpha) == (32, 16) and cfg.lora_target_modules == LORA_TARGET_MODULES
+    assert cfg.train_file == "runs/data/prefs/train.jsonl" and cfg.gradient_checkpointing
+
+
+@pytest.mark.slow
+def test_project_orpo_on_toolkit_assets(assets, tmp_path):
+    from train.orpo import ORPORunConfig, run_orpo
+
+    train_file = tmp_path / "pairs.jsonl"
+    with open(train_file, "w", encoding="utf-8") as fh:
+        for task in tasks(6):
+            prompt = [{"role": "system", "content": "Plan the task."},
+                      {"role": "user", "content": f"Task: {task}"}]
+            fh.write(json.dumps({"prompt": prompt,
+                                 "chosen": [{"role": "assistant", "content": "title: ocean\nwhen?"}],
+                                 "rejected": [{"role": "assistant", "content": "ok"}]}) + "\n")
+    cfg = ORPORunConfig(model_name_or_path=str(assets), train_file=str(train_file), val_file=None,
+                        output_dir=str(tmp_path / "orpo"), max_steps=2, per_device_train_batch_size=2,
+                        gradient_accumulation_steps=1, max_length=160, device="cpu",
+                        precision="fp32", save_strategy="no", progress=False, lora_r=8,
+                        measure_margins=False)
+    out = run_orpo(cfg)
+    run = json.loads((out / "run.json").read_text())
+    assert run["stage"] == "orpo" and run["base_model"]["architecture"] == "AFMTextV7ForCausalLM"
+    assert run["base_model"]["rope_layout"] == "interleaved"
+    losses = run["metrics"]["train_loss"]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
