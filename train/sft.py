@@ -8,6 +8,7 @@ folder holds the adapter (safetensors), run.json and loss_curve.png.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
                    "initial_eval_loss": initial_eval.get("eval_loss"),
                    "final_eval_loss": final_eval.get("eval_loss"),
                    "global_step": trainer.state.global_step,
+                   "world_size": trainer.args.world_size,
                    "train_seconds": round(time.time() - t0, 1)}
         plot_curves(history, out / "loss_curve.png", ("loss", "eval_loss"),
                     f"SFT {cfg.model_name_or_path}")
@@ -157,6 +159,10 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
             stage="sft", run_id=new_run_id("sft", cfg), cfg=cfg, base_info=base_info, data=data,
             metrics=metrics, extra={"resumed_from": resume}))
     return out
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if out is not None and (out / "run.json").exists():
+    if out is not None and (out / "run.json").exists() and _is_main_process():
         print(f"adapter written to {out} (run.json, loss_curve.png); prompt {PROMPT_HASH[:12]}")
     return 0
 
