@@ -38,7 +38,7 @@ from data.leak import LeakError, LeakGuard, normalize_input
 from data.negatives import KINDS as SYNTHETIC_KINDS
 from data.negatives import make_negatives
 from data.prefs_student import StudentSpec, read_drafts, resolve_student, sample_student
-from data.sft import _write_jsonl_atomic, dedupe, load_gold
+from data.sft import write_jsonl_atomic, dedupe, load_gold
 from eval.verdict import case_quality
 
 DEFAULT_OUT = Path("runs/data/prefs")
@@ -299,7 +299,7 @@ def build_prefs(gold_paths: list[Path], out_dir: Path, judge, *, options: PrefsO
              "apple": "apple_pairs.jsonl", "sidecar": "pairs.sidecar.jsonl"}
     hashes = {}
     for key, name in names.items():
-        hashes[key] = _write_jsonl_atomic(out_dir / name, rows[key])
+        hashes[key] = write_jsonl_atomic(out_dir / name, rows[key])
         report.files[key] = str(out_dir / name)
     write_json_atomically(out_dir / "manifest.json", {
         "prompt_hash": PROMPT_HASH, "judge": judge.name, "judge_prompt_hash": judge.prompt_hash,

@@ -79,7 +79,7 @@ def dedupe(items: list[tuple[str, Case]]) -> tuple[list[tuple[str, Case]], list[
     return kept, dropped
 
 
-def _write_jsonl_atomic(path: Path, rows) -> str:
+def write_jsonl_atomic(path: Path, rows) -> str:
     """Write rows to path via a temp file + rename; returns the sha256 of the bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -126,7 +126,7 @@ def build_sft_data(gold_paths: list[Path], out_dir: Path, *, val_fraction: float
         "apple_val": (out_dir / "apple_val.jsonl", map(apple_record, val)),
     }
     for name, (path, rows) in outputs.items():
-        report.hashes[name] = _write_jsonl_atomic(path, rows)
+        report.hashes[name] = write_jsonl_atomic(path, rows)
         report.files[name] = str(path)
     manifest = {
         "prompt_hash": PROMPT_HASH, "seed": seed, "val_fraction": val_fraction,

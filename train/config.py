@@ -137,6 +137,19 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
     return out
 
 
+def load_cli_config(cls: type[T], argv: list[str]) -> T:
+    """`--config PATH` (optional) plus `--key value` overrides, as every training stage takes."""
+    argv = list(argv)
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a path")
+        config_path = argv[i + 1]
+        del argv[i:i + 2]
+    return load_config(cls, config_path, parse_overrides(argv))
+
+
 def config_help(cls) -> str:
     lines = []
     for f in dataclasses.fields(cls):

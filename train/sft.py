@@ -20,7 +20,7 @@ from data.leak import LeakGuard
 from train.common import (LoraFields, checkpoint_to_resume, file_sha256, lora_config, new_run_id,
                           plot_curves, resolve_runtime, run_record, trainer_precision_kwargs,
                           training_inputs, write_json_atomic)
-from train.config import ConfigError, config_help, load_config, parse_overrides
+from train.config import ConfigError, config_help, load_cli_config
 
 
 @dataclass
@@ -170,16 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(__doc__ + "\nConfig keys (YAML or --key value):\n" + config_help(SFTRunConfig))
         return 0
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            print("error: --config needs a path", file=sys.stderr)
-            return 2
-        config_path = argv[i + 1]
-        del argv[i:i + 2]
     try:
-        cfg = load_config(SFTRunConfig, config_path, parse_overrides(argv))
+        cfg = load_cli_config(SFTRunConfig, argv)
         out = run_sft(cfg)
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
