@@ -1,13 +1,17 @@
 """The offline quick start (`make demo`): `python -m recipes.quickstart [--fresh] [--out runs/quickstart]`.
 
 Everything runs on the embedded stand-in, with no network: build the stand-in, turn the bundled
-hand-written references into SFT data, train the tiny SFT adapter, and show what it answers for
-three ruler inputs next to the untrained base. Finished steps are skipped on a re-run (their
-outputs are on disk); `--fresh` starts over.
+hand-written references into SFT data, train the tiny SFT adapter, build preference pairs with
+the offline judge, train a tiny ORPO adapter from the SFT one, score base, SFT and ORPO on the
+frozen ruler (each a row in the experiment log), export the best as a stand-in conformance
+package and inspect it, and write the dashboard. Finished steps are skipped on a re-run (their
+outputs are on disk); `--fresh` starts over. The stand-in is a toy: its numbers exercise the
+pipeline and say nothing about the real task.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -23,14 +27,18 @@ console = Console()
 
 
 def _step(name: str, done: bool, fn):
-    """Run fn unless its output is already there; returns (seconds, skipped)."""
+    """Run fn unless its output is already there; returns (seconds or None if skipped, skipped)."""
     if done:
         console.print(f"[dim]- {name}: already done, skipped[/dim]")
-        return 0.0, True
+        return None, True
     console.rule(f"[bold]{name}")
     t0 = time.time()
     fn()
     return time.time() - t0, False
+
+
+def _shown(secs: float | None) -> str:
+    return "cached" if secs is None else f"{secs:.0f}"
 
 
 def _show_answers(standin: Path, adapter: Path, n: int = 3) -> None:
@@ -70,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from train.standin import build_standin
     holder: dict = {}
-    secs, skipped = _step("stand-in base", False,
+    secs, _ = _step("stand-in base", False,
                           lambda: holder.update(standin=build_standin(progress=True)))
     standin = holder["standin"]
     rows.append(("stand-in base", str(standin), secs))
@@ -101,12 +109,87 @@ def main(argv: list[str] | None = None) -> int:
     console.rule("[bold]what the adapter answers (greedy) for three ruler inputs")
     _show_answers(standin, sft_dir)
 
-    table = Table(title=f"quick start finished in {time.time() - t_all:.0f}s")
-    for col in ("step", "output", "seconds"):
+    prefs_dir = out / "prefs"
+
+    def make_pairs():
+        from data.prefs import main as prefs_main
+        rc = prefs_main(["--student-base", str(standin), "--student-adapter", str(sft_dir),
+                         "--samples", "2", "--limit", "40", "--out", str(prefs_dir)])
+        if rc:
+            raise SystemExit(f"data.prefs failed with exit code {rc}")
+
+    secs, _ = _step("preference pairs", (prefs_dir / "train.jsonl").exists(), make_pairs)
+    rows.append(("preference pairs", str(prefs_dir), secs))
+
+    orpo_dir = out / "orpo-tiny"
+
+    def train_orpo():
+        from train.config import load_config
+        from train.orpo import ORPORunConfig, run_orpo
+        cfg = load_config(ORPORunConfig, "configs/tiny-orpo.yaml", {
+            "model_name_or_path": str(standin), "adapter_init": str(sft_dir),
+            "train_file": str(prefs_dir / "train.jsonl"),
+            "val_file": str(prefs_dir / "val.jsonl"), "output_dir": str(orpo_dir)})
+        run_orpo(cfg)
+
+    secs, _ = _step("tiny ORPO", (orpo_dir / "run.json").exists(), train_orpo)
+    rows.append(("tiny ORPO adapter", str(orpo_dir), secs))
+
+    db = out / "experiments.db"
+    scores = {}
+    for label, adapter, lever in (("base", None, "inference"), ("sft", sft_dir, "sft"),
+                                  ("orpo", orpo_dir, "orpo")):
+        card_file = out / "eval" / label / "scorecard.json"
+
+        def score(label=label, adapter=adapter, lever=lever):
+            from eval.run import run_eval
+            run_eval(base=str(standin), adapter=str(adapter) if adapter else None,
+                     pipeline="single", judge="offline", label=f"quickstart-{label}",
+                     note=f"quick start: {label} on the stand-in", lever=lever, db=db,
+                     out_dir=out / "eval" / label, max_new_tokens=400, console=console)
+
+        secs, _ = _step(f"score {label} on the ruler", card_file.exists(), score)
+        scores[label] = (json.loads(card_file.read_text()), secs)
+
+    best = max(("sft", "orpo"), key=lambda k: scores[k][0]["headline"])
+    pkg_dir = out / "export"
+    pkg = pkg_dir / "quickstart_tiny.fmadapter"
+
+    def export():
+        from export.fmadapter import main as export_main
+        adapter = sft_dir if best == "sft" else orpo_dir
+        if export_main(["--adapter", str(adapter), "--name", "quickstart_tiny", "--out",
+                        str(pkg_dir), "--allow-stand-in", "--force"]):
+            raise SystemExit("export failed")
+        export_main(["inspect", str(pkg)])
+
+    secs, _ = _step(f"export the best adapter ({best}) as a stand-in package", pkg.exists(),
+                    export)
+    rows.append((f"stand-in package ({best})", str(pkg), secs))
+
+    from eval.dashboard import write_dashboard
+    dash = write_dashboard(db, out / "dashboard.html", title="fmdistill quick start")
+    rows.append(("dashboard", str(dash), 0.0))
+    rows.append(("experiment log", str(db), 0.0))
+
+    table = Table(title="ruler scores (offline judge, a proxy; stand-in, a toy)")
+    for col in ("stage", "quality (95% CI)", "spec-pass", "W/T/L", "coverage", "seconds"):
         table.add_column(col)
-    for name, path, secs in rows:
-        table.add_row(name, path, f"{secs:.0f}" if secs else "cached")
+    for label in ("base", "sft", "orpo"):
+        card, secs = scores[label]
+        ci = card.get("headline_ci") or [0.0, 0.0]
+        cov = (card.get("dimension_means") or {}).get("coverage")
+        table.add_row(label, f"{card['headline']:.3f} ({ci[0]:.2f}-{ci[1]:.2f})",
+                      f"{card['spec_pass_rate']:.0%}",
+                      f"{card['wins']}/{card['ties']}/{card['losses']}",
+                      f"{cov:.2f}" if cov is not None else "-", _shown(secs))
     console.print(table)
+    paths = Table(title=f"quick start finished in {time.time() - t_all:.0f}s")
+    for col in ("what", "where", "seconds"):
+        paths.add_column(col)
+    for name, path, secs in rows:
+        paths.add_row(name, path, _shown(secs))
+    console.print(paths)
     return 0
 
 
