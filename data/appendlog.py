@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterable
@@ -74,14 +75,24 @@ def rewrite_atomically(path: str | Path, records: Iterable[Any]) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomically(path: str | Path, obj: Any) -> None:
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write via a uniquely named temp file beside the target and rename: readers see the old
+    file or the new one, never half of one; a failure leaves no temp file behind."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, ensure_ascii=False, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomically(path: str | Path, obj: Any, indent: int = 1) -> None:
+    write_text_atomically(path, json.dumps(obj, ensure_ascii=False, indent=indent, default=str))
 
 
 class AppendLog:

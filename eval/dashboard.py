@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import html
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from data.appendlog import write_text_atomically
 from data.contract import RUBRIC_DIMENSIONS
 from eval.log import DEFAULT_DB, case_records, read_experiments, running_best_series
 
@@ -77,15 +76,7 @@ def render_html(data: dict, title: str = "fmdistill experiments") -> str:
 def write_dashboard(db_path, out_path, title: str = "fmdistill experiments") -> Path:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = render_html(dashboard_data(db_path), title)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(out, render_html(dashboard_data(db_path), title))
     return out
 
 

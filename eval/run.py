@@ -27,11 +27,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from data.appendlog import write_text_atomically
 from data.contract import PROMPT_HASH, ContractError
 from data.leak import LeakGuard
 from eval.log import DEFAULT_DB, append_experiment
@@ -44,15 +43,6 @@ from eval.ruler import RulerError, load_ruler
 LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "grpo", "data", "other")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256_files(paths) -> str | None:
@@ -279,8 +269,8 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     out.mkdir(parents=True, exist_ok=True)
     from eval.records import write_records
     write_records(out / "records.jsonl", records)
-    _write_atomic(out / "cases.json", json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
-    _write_atomic(out / "scorecard.json", json.dumps(card.to_dict(), indent=2) + "\n")
+    write_text_atomically(out / "cases.json", json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(out / "scorecard.json", json.dumps(card.to_dict(), indent=2) + "\n")
 
     from train.common import git_commit
     columns = {
@@ -305,7 +295,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
         "comparison": comparison, "out_dir": str(out), "db": str(db),
         "config_hash": config_hash, "cases": entries,
     }
-    _write_atomic(out / "experiment.json", json.dumps(
+    write_text_atomically(out / "experiment.json", json.dumps(
         {k: v for k, v in summary.items() if k != "cases"}, indent=2, default=str) + "\n")
     _print_summary(console, card, judge, summary)
     return summary

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -92,12 +91,6 @@ def checkpoint_to_resume(output_dir: Path, value: str | None) -> str | None:
     if not Path(value).exists():
         raise FileNotFoundError(f"checkpoint not found: {value}")
     return value
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_record(*, stage: str, run_id: str, cfg, base_info: dict, data: dict, metrics: dict,

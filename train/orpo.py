@@ -24,8 +24,8 @@ from pathlib import Path
 
 from data.contract import PROMPT_HASH
 from train.common import (LoraFields, checkpoint_to_resume, file_sha256, lora_config, new_run_id,
-                          plot_curves, resolve_runtime, run_record, trainer_precision_kwargs,
-                          write_json_atomic)
+                          plot_curves, resolve_runtime, run_record, trainer_precision_kwargs)
+from data.appendlog import write_json_atomically
 from train.config import ConfigError, config_help, load_cli_config
 from train.sft import data_record
 
@@ -281,7 +281,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
                     ("rewards/margins", "rewards/accuracies", "log_odds_ratio",
                      "eval_rewards/margins", "eval_rewards/accuracies"),
                     f"ORPO preference metrics {cfg.model_name_or_path}")
-        write_json_atomic(out / "run.json", run_record(
+        write_json_atomically(out / "run.json", run_record(
             stage="orpo", run_id=new_run_id("orpo", cfg), cfg=cfg, base_info=base_info,
             data=data, metrics=metrics,
             extra={"resumed_from": resume, "started_from": started_from}))

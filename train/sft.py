@@ -19,7 +19,8 @@ from data.corpus import ruler_inputs
 from data.leak import LeakGuard
 from train.common import (LoraFields, checkpoint_to_resume, file_sha256, lora_config, new_run_id,
                           plot_curves, resolve_runtime, run_record, trainer_precision_kwargs,
-                          training_inputs, write_json_atomic)
+                          training_inputs)
+from data.appendlog import write_json_atomically
 from train.config import ConfigError, config_help, load_cli_config
 
 
@@ -155,7 +156,7 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
                    "train_seconds": round(time.time() - t0, 1)}
         plot_curves(history, out / "loss_curve.png", ("loss", "eval_loss"),
                     f"SFT {cfg.model_name_or_path}")
-        write_json_atomic(out / "run.json", run_record(
+        write_json_atomically(out / "run.json", run_record(
             stage="sft", run_id=new_run_id("sft", cfg), cfg=cfg, base_info=base_info, data=data,
             metrics=metrics, extra={"resumed_from": resume}))
     return out

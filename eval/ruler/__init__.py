@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data.appendlog import write_text_atomically
 from data.contract import (JUDGE_PROMPT_HASH, RUBRIC, RUBRIC_DIMENSIONS, Case, ContractError,
                            case_from_dict, sha256_text, spec_violations)
 from data.leak import near_duplicate
@@ -234,16 +234,7 @@ def freeze(path=None, *, allow_count: bool = False, note: str = "") -> FreezeRes
         "cases": cur["cases"],
         "history": history,
     }
-    _atomic_write(root / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    write_text_atomically(root / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
     return FreezeResult(RulerInfo(version, cur["ruler_hash"], root), True, changes)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
