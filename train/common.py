@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,66 @@ class LoraFields:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (Apple's adapters: 16)"})
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: list(APPLE_LORA_TARGETS))
+
+
+@dataclass
+class TrainingFields(LoraFields):
+    """Keys every training stage takes; a stage subclasses it and overrides defaults it needs."""
+    model_name_or_path: str = field(default="Qwen/Qwen2.5-3B-Instruct", metadata={
+        "help": "hub id, local save_pretrained folder, Apple toolkit assets folder, or 'standin'"})
+    model_revision: str | None = None
+    train_file: str = "runs/data/sft/train.jsonl"
+    val_file: str | None = "runs/data/sft/val.jsonl"
+    output_dir: str = "runs/sft"
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_length: int = 1024
+    seed: int = 42
+    logging_steps: int = 5
+    save_strategy: str = "epoch"
+    save_steps: int = 500
+    save_total_limit: int = 2
+    device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu"})
+    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32"})
+    gradient_checkpointing: bool = False
+    resume_from_checkpoint: str | None = field(default=None,
+                                               metadata={"help": "latest | PATH"})
+    progress: bool = True
+
+
+def trainer_args_kwargs(cfg: TrainingFields, out: Path, has_val: bool, device: str,
+                        precision: str) -> dict:
+    """The TrainingArguments every stage shares (TRL's SFTConfig and ORPOConfig both take them)."""
+    return dict(
+        output_dir=str(out / "checkpoints"), learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay, max_length=cfg.max_length, seed=cfg.seed,
+        data_seed=cfg.seed, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy="epoch" if has_val else "no",
+        gradient_checkpointing=cfg.gradient_checkpointing, report_to="none",
+        disable_tqdm=not cfg.progress, dataloader_num_workers=0,
+        **trainer_precision_kwargs(device, precision))
+
+
+def warn_ruler_leaks(data: dict) -> None:
+    """Training goes on (the user may be testing the guard), but the run carries the evidence
+    and eval logs every score of the adapter as invalid."""
+    if data["ruler_leaks"]:
+        print(f"WARNING: {len(data['ruler_leaks'])} training input(s) match ruler tasks; scores "
+              "of this adapter will be logged invalid:\n  " + "\n  ".join(data["ruler_leaks"]),
+              file=sys.stderr)
 
 
 def lora_config(cfg):

@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.contract import PROMPT_HASH
-from train.common import (LoraFields, checkpoint_to_resume, file_sha256, lora_config, new_run_id,
-                          plot_curves, resolve_runtime, run_record, trainer_precision_kwargs)
 from data.appendlog import write_json_atomically
+from data.contract import PROMPT_HASH
+from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
+                          new_run_id, plot_curves, resolve_runtime, run_record,
+                          trainer_args_kwargs, warn_ruler_leaks)
 from train.config import ConfigError, config_help, load_cli_config
 from train.sft import data_record
 
@@ -34,10 +35,7 @@ PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "log_odds_ratio", "l
 
 
 @dataclass
-class ORPORunConfig(LoraFields):
-    model_name_or_path: str = field(default="Qwen/Qwen2.5-3B-Instruct", metadata={
-        "help": "hub id, local save_pretrained folder, Apple toolkit assets folder, or 'standin'"})
-    model_revision: str | None = None
+class ORPORunConfig(TrainingFields):
     adapter_init: str | None = field(default=None, metadata={
         "help": "SFT run folder whose adapter ORPO continues (None: a fresh LoRA on the base)"})
     train_file: str = field(default="runs/data/prefs/train.jsonl",
@@ -48,30 +46,14 @@ class ORPORunConfig(LoraFields):
     learning_rate: float = field(default=5e-5, metadata={
         "help": "LoRA-sized; TRL's ORPO default 1e-6 barely moves a LoRA"})
     num_train_epochs: float = 2.0
-    max_steps: int = -1
     per_device_train_batch_size: int = 2
     per_device_eval_batch_size: int = 4
     gradient_accumulation_steps: int = 4
-    warmup_ratio: float = 0.03
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_length: int = 1024
-    seed: int = 42
-    logging_steps: int = 5
-    save_strategy: str = "epoch"
-    save_steps: int = 500
-    save_total_limit: int = 2
-    device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu"})
-    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32"})
-    gradient_checkpointing: bool = False
-    resume_from_checkpoint: str | None = field(default=None,
-                                               metadata={"help": "latest | PATH"})
     nll_on_completion_only: bool = field(default=True, metadata={
         "help": "ORPO's SFT term on the answer only, as in SFT and the ORPO paper (TRL's own "
                 "covers the prompt too, which for a long system prompt dominates the loss)"})
     measure_margins: bool = field(default=True, metadata={
         "help": "record the validation pairs' log-prob margin before and after training"})
-    progress: bool = True
 
 
 def _load_datasets(cfg):
@@ -217,10 +199,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     if cfg.adapter_init:
         model, started_from = _attach_adapter_init(cfg, model, base_info)
     data = data_record(cfg.train_file, cfg.val_file, len(train_ds), len(val_ds or []))
-    if data["ruler_leaks"]:
-        print(f"WARNING: {len(data['ruler_leaks'])} training input(s) match ruler tasks; scores "
-              "of this adapter will be logged invalid:\n  " + "\n  ".join(data["ruler_leaks"]),
-              file=sys.stderr)
+    warn_ruler_leaks(data)
     has_val = val_ds is not None and len(val_ds) > 0
     val_records = [dict(r) for r in val_ds] if has_val else []
     margin_before = None
@@ -228,21 +207,8 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
         model.to(device)
         margin_before = _mean(preference_margins(model, tokenizer, val_records,
                                                  cfg.per_device_eval_batch_size))
-    args = ORPOConfig(
-        output_dir=str(out / "checkpoints"), learning_rate=cfg.learning_rate, beta=cfg.beta,
-        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay, max_length=cfg.max_length, seed=cfg.seed,
-        data_seed=cfg.seed, logging_steps=cfg.logging_steps, logging_first_step=True,
-        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, eval_strategy="epoch" if has_val else "no",
-        gradient_checkpointing=cfg.gradient_checkpointing, report_to="none",
-        disable_tqdm=not cfg.progress, dataloader_num_workers=0, remove_unused_columns=False,
-        **trainer_precision_kwargs(device, precision),
-    )
+    args = ORPOConfig(beta=cfg.beta, remove_unused_columns=False,
+                      **trainer_args_kwargs(cfg, out, has_val, device, precision))
     trainer = orpo_trainer_class(cfg.nll_on_completion_only)(
         model=model, args=args, train_dataset=train_ds,
         eval_dataset=val_ds if has_val else None, processing_class=tokenizer,

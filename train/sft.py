@@ -14,46 +14,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.appendlog import write_json_atomically
 from data.contract import PROMPT_HASH
 from data.corpus import ruler_inputs
 from data.leak import LeakGuard
-from train.common import (LoraFields, checkpoint_to_resume, file_sha256, lora_config, new_run_id,
-                          plot_curves, resolve_runtime, run_record, trainer_precision_kwargs,
-                          training_inputs)
-from data.appendlog import write_json_atomically
+from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
+                          new_run_id, plot_curves, resolve_runtime, run_record,
+                          trainer_args_kwargs, training_inputs, warn_ruler_leaks)
 from train.config import ConfigError, config_help, load_cli_config
 
 
 @dataclass
-class SFTRunConfig(LoraFields):
-    model_name_or_path: str = field(default="Qwen/Qwen2.5-3B-Instruct", metadata={
-        "help": "hub id, local save_pretrained folder, Apple toolkit assets folder, or 'standin'"})
-    model_revision: str | None = None
+class SFTRunConfig(TrainingFields):
     train_file: str = field(default="runs/data/sft/train.jsonl",
                             metadata={"help": "prompt/completion JSONL from python -m data.sft"})
-    val_file: str | None = "runs/data/sft/val.jsonl"
-    output_dir: str = "runs/sft"
-    learning_rate: float = 2e-4
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.03
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = 0.0
-    max_length: int = 1024
-    seed: int = 42
-    logging_steps: int = 5
-    save_strategy: str = "epoch"
-    save_steps: int = 500
-    save_total_limit: int = 2
-    device: str = field(default="auto", metadata={"help": "auto | cuda | mps | cpu"})
-    precision: str = field(default="auto", metadata={"help": "auto | bf16 | fp16 | fp32"})
-    gradient_checkpointing: bool = False
-    resume_from_checkpoint: str | None = field(default=None,
-                                               metadata={"help": "latest | PATH"})
-    progress: bool = True
 
 
 def _load_datasets(cfg):
@@ -103,29 +77,10 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision)
     data = data_record(cfg.train_file, cfg.val_file, len(train_ds), len(val_ds or []))
-    if data["ruler_leaks"]:
-        # Training goes on (the user may be testing the guard), but the run carries the evidence
-        # and eval logs every score of this adapter as invalid.
-        print(f"WARNING: {len(data['ruler_leaks'])} training input(s) match ruler tasks; scores "
-              "of this adapter will be logged invalid:\n  " + "\n  ".join(data["ruler_leaks"]),
-              file=sys.stderr)
+    warn_ruler_leaks(data)
     has_val = val_ds is not None and len(val_ds) > 0
-    args = SFTConfig(
-        output_dir=str(out / "checkpoints"), learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup_ratio, lr_scheduler_type=cfg.lr_scheduler_type,
-        weight_decay=cfg.weight_decay, max_length=cfg.max_length, seed=cfg.seed,
-        data_seed=cfg.seed, logging_steps=cfg.logging_steps, logging_first_step=True,
-        save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy="epoch" if has_val else "no", completion_only_loss=True,
-        gradient_checkpointing=cfg.gradient_checkpointing, report_to="none",
-        disable_tqdm=not cfg.progress, dataloader_num_workers=0,
-        **trainer_precision_kwargs(device, precision),
-    )
+    args = SFTConfig(completion_only_loss=True,
+                     **trainer_args_kwargs(cfg, out, has_val, device, precision))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
                          eval_dataset=val_ds if has_val else None, processing_class=tokenizer,
                          peft_config=lora_config(cfg), callbacks=callbacks)
