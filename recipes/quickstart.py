@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     def make_pairs():
         from data.prefs import main as prefs_main
         rc = prefs_main(["--student-base", str(standin), "--student-adapter", str(sft_dir),
-                         "--samples", "2", "--limit", "40", "--out", str(prefs_dir)])
+                         "--samples", "2", "--limit", "24", "--max-new-tokens", "400",
+                         "--out", str(prefs_dir)])
         if rc:
             raise SystemExit(f"data.prefs failed with exit code {rc}")
 

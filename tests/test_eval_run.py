@@ -76,10 +76,6 @@ def test_greedy_runs_are_bit_for_bit_repeatable(scored):
     assert c["distinguishable"] is False
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open (issue 5): the ~1M-parameter stand-in trained by configs/tiny-sft.yaml does not yet "
-    "emit spec-passing answers, so base and SFT both score 0; strict, so it fails loudly once "
-    "the stand-in recipe is strong enough and the marker must go"))
 def test_sft_adapter_beats_the_untrained_base(scored):
     base, sft = scored["base"]["scorecard"], scored["sft"]["scorecard"]
     numbers = (f"base: headline {base['headline']:.3f}, spec-pass {base['spec_pass_rate']:.2f}; "

@@ -92,6 +92,10 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the run folder."""
     trainer, tokenizer, base_info, data, resume = build_trainer(cfg, callbacks)
     out = Path(cfg.output_dir)
+    if len(trainer.train_dataset) == 0:
+        # TRL drops examples whose answer was truncated away; say so instead of a sampler error.
+        raise ConfigError(f"{cfg.train_file}: no training example keeps any answer token within "
+                          f"max_length={cfg.max_length}; raise max_length")
     has_val = trainer.eval_dataset is not None
     # Validation loss of the untouched base (LoRA B starts at zero), so every run records how
     # far training moved it; skipped on resume, where the base is no longer the starting point.
