@@ -206,7 +206,7 @@ def _is_apple_base(base: str) -> bool:
 
 
 def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dict:
-    """Run (or resume) every stage; returns {"estimate", "distill", "scores", "package"}."""
+    """Run (or resume) every stage; returns estimate, distill, scores, package and spent."""
     from data.anthropic_client import api_key_from_env
     from train.models import resolve_base
     api_key_from_env()                       # a missing key is reported before anything else
@@ -219,6 +219,7 @@ def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dic
         result["aborted"] = True
         return result
     base = resolve_base(cfg.base_model)
+    answered_before = (_answers_in(teacher_cache), _answers_in(judge_cache))
 
     def distill():
         from data.appendlog import write_json_atomically
@@ -315,7 +316,27 @@ def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dic
                       f"{card['spec_pass_rate']:.0%}  W/T/L {card['wins']}/{card['ties']}/"
                       f"{card['losses']}")
     console.print(f"package: {pkg}")
+    # What was paid for in this run (answers newly cached) next to what was estimated, so the
+    # estimate can be checked against the bill; judge calls are fewer than the bound when some
+    # candidates fail the spec gate (those are never judged).
+    spent = {"teacher_calls": _answers_in(teacher_cache) - answered_before[0],
+             "judge_calls": _answers_in(judge_cache) - answered_before[1]}
+    result["spent"] = spent
+    console.print(f"spent: {spent['teacher_calls']} teacher calls (estimated "
+                  f"{est.teacher_calls}), {spent['judge_calls']} judge calls (estimated at most "
+                  f"{est.judge_calls})")
     return result
+
+
+def _answers_in(cache_path: Path) -> int:
+    from data.anthropic_client import ResponseCache
+    if not Path(cache_path).exists():
+        return 0
+    cache = ResponseCache(cache_path)
+    try:
+        return len(cache)
+    finally:
+        cache.close()
 
 
 def main(argv: list[str] | None = None) -> int:

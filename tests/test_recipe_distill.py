@@ -116,6 +116,8 @@ def test_recipe_end_to_end_with_kill_and_resume(tmp_path, monkeypatch, standin_d
         # nothing paid for twice: requests before the kill whose answers were cached are free
         assert teacher_before + teacher_now >= len(TASKS)
         assert 0 < judge_now <= est["judge_calls_eval"] + est["judge_calls_prefs"]
+        # The run's own account of what it paid for matches what the server saw.
+        assert res["spent"] == {"teacher_calls": teacher_now, "judge_calls": judge_now}
         assert est["judge_calls_eval"] == 30 * 3 * 2
         assert all(r.credential_ok for r in srv.requests)
 
@@ -136,3 +138,4 @@ def test_recipe_end_to_end_with_kill_and_resume(tmp_path, monkeypatch, standin_d
         assert again["estimate"]["teacher_calls"] == 0
         assert again["estimate"]["judge_calls_eval"] == 0
         assert srv.message_requests() == []
+        assert again["spent"] == {"teacher_calls": 0, "judge_calls": 0}
