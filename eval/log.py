@@ -26,6 +26,7 @@ import json
 import sqlite3
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -197,6 +198,23 @@ def case_records(db_path_or_conn, experiment_id: int) -> list[dict]:
             conn.close()
 
 
+@contextmanager
+def _write_transaction(db_path):
+    """One write transaction (BEGIN IMMEDIATE: appends are serialised): committed when the block
+    ends, rolled back on any error, the connection closed either way."""
+    conn = connect(db_path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+
+
 def append_experiment(db_path, entry: dict, cases: list[dict], *,
                       invalid_reason: str | None = None,
                       compare: Callable[[Experiment, list[dict]], dict | None] | None = None
@@ -214,9 +232,7 @@ def append_experiment(db_path, entry: dict, cases: list[dict], *,
         raise LogError(f"unknown experiment field(s) {sorted(unknown)}; valid: {', '.join(COLUMNS)}")
     if entry.get("headline") is None:
         raise LogError("an experiment needs a headline")
-    conn = connect(db_path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _write_transaction(db_path) as conn:
         exps = _experiments(conn)
         key = (entry.get("ruler_version"), entry.get("ruler_hash"), entry.get("judge"))
         best = running_best(exps, key)
@@ -238,15 +254,8 @@ def append_experiment(db_path, entry: dict, cases: list[dict], *,
                          (exp_id, i, str(rec["case_id"]), float(rec["quality"]),
                           json.dumps({k: v for k, v in rec.items() if k != "quality"},
                                      ensure_ascii=False)))
-        conn.execute("COMMIT")
         exp = next(e for e in _experiments(conn) if e.id == exp_id)
         return exp, best
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
 
 
 def invalidate(db_path, experiment_id: int, reason: str) -> int:
@@ -255,9 +264,7 @@ def invalidate(db_path, experiment_id: int, reason: str) -> int:
         raise LogError("invalidate needs a reason (--reason TEXT)")
     if not Path(db_path).exists():
         raise LogError(f"{db_path}: no experiment log here")
-    conn = connect(db_path)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    with _write_transaction(db_path) as conn:
         target = next((e for e in _experiments(conn) if e.id == experiment_id), None)
         if target is None:
             raise LogError(f"{db_path}: no experiment #{experiment_id}")
@@ -270,14 +277,7 @@ def invalidate(db_path, experiment_id: int, reason: str) -> int:
             "?, ?)", (time.strftime("%Y-%m-%dT%H:%M:%S%z"), experiment_id, target.row["label"],
                       reason.strip(), target.row["ruler_version"], target.row["ruler_hash"],
                       target.row["judge"]))
-        conn.execute("COMMIT")
         return cur.lastrowid
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.close()
 
 
 # ---- the CLI -----------------------------------------------------------------------------------

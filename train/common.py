@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.contract import PROMPT_HASH
-from train.config import config_hash
+from train.config import ConfigError, config_hash, config_help, load_cli_config
 from train.models import pick_device, pick_precision
 
 APPLE_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -204,3 +205,26 @@ def training_inputs(path: str | Path) -> list[str]:
                     text = m["content"]
                     out.append(text[len("Task: "):] if text.startswith("Task: ") else text)
     return out
+
+
+def stage_main(cls, run, doc: str, argv: list[str] | None, made: str) -> int:
+    """The CLI of a training stage: `--help` lists the config keys; `--config PATH` plus
+    `--key value` overrides build the config; `run(cfg)` trains and returns the run folder. Bad
+    config or missing files exit 2 with one line; only the main process reports."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(doc + "\nConfig keys (YAML or --key value):\n" + config_help(cls))
+        return 0
+    try:
+        out = run(load_cli_config(cls, argv))
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if out is not None and (out / "run.json").exists() and is_main_process():
+        print(f"adapter written to {out} ({made}); prompt {PROMPT_HASH[:12]}")
+    return 0
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun/accelerate, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0

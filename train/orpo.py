@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from data.contract import PROMPT_HASH
 from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
-                          new_run_id, plot_curves, resolve_runtime, run_record,
+                          new_run_id, plot_curves, resolve_runtime, run_record, stage_main,
                           trainer_args_kwargs, warn_ruler_leaks)
-from train.config import ConfigError, config_help, load_cli_config
+from train.config import ConfigError
 from train.sft import data_record
 
 PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "log_odds_ratio", "log_odds_chosen",
@@ -255,20 +254,8 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__ + "\nConfig keys (YAML or --key value):\n" + config_help(ORPORunConfig))
-        return 0
-    try:
-        cfg = load_cli_config(ORPORunConfig, argv)
-        out = run_orpo(cfg)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if out is not None and (out / "run.json").exists():
-        print(f"adapter written to {out} (run.json, loss_curve.png, preference_curves.png); "
-              f"prompt {PROMPT_HASH[:12]}")
-    return 0
+    return stage_main(ORPORunConfig, run_orpo, __doc__, argv,
+                      "run.json, loss_curve.png, preference_curves.png")
 
 
 if __name__ == "__main__":

@@ -8,20 +8,18 @@ folder holds the adapter (safetensors), run.json and loss_curve.png.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from data.contract import PROMPT_HASH
 from data.corpus import ruler_inputs
 from data.leak import LeakGuard
 from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
-                          new_run_id, plot_curves, resolve_runtime, run_record,
+                          new_run_id, plot_curves, resolve_runtime, run_record, stage_main,
                           trainer_args_kwargs, training_inputs, warn_ruler_leaks)
-from train.config import ConfigError, config_help, load_cli_config
+from train.config import ConfigError
 
 
 @dataclass
@@ -121,24 +119,8 @@ def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
     return out
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__ + "\nConfig keys (YAML or --key value):\n" + config_help(SFTRunConfig))
-        return 0
-    try:
-        cfg = load_cli_config(SFTRunConfig, argv)
-        out = run_sft(cfg)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if out is not None and (out / "run.json").exists() and _is_main_process():
-        print(f"adapter written to {out} (run.json, loss_curve.png); prompt {PROMPT_HASH[:12]}")
-    return 0
+    return stage_main(SFTRunConfig, run_sft, __doc__, argv, "run.json, loss_curve.png")
 
 
 if __name__ == "__main__":
