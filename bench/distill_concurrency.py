@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from data.anthropic_client import RetryPolicy  # noqa: E402
+from data.api_retry import RetryPolicy  # noqa: E402
 from data.distill import distill_tasks  # noqa: E402
 from tests.fakes import FakeAnthropic  # noqa: E402
 

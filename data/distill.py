@@ -20,28 +20,19 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from data.anthropic_client import (
-    DEFAULT_CACHE_PATH, DEFAULT_MODEL, ClaudeAPIError, ClaudeClient, MissingKeyError, RetryPolicy,
-    ToolReply, api_key_from_env, now_iso, redact, run_concurrently,
+    DEFAULT_CACHE_PATH, DEFAULT_MODEL, ClaudeAPIError, ClaudeClient, ToolReply,
 )
+from data.api_retry import RetryPolicy
+from data.concurrency import run_concurrently
+from data.redaction import MissingKeyError, api_key_from_env, redact
+from data.response_cache import now_iso
 from data.appendlog import AppendLog, read_records, rewrite_atomically
 from data.contract import PROMPT_HASH, ContractError, planner_system_prompt
 from data.prices import USAGE_FIELDS, add_usage
 from data.teacher import (  # noqa: F401  (DISCOVERY_TOOL, request_key: used by tests/recipes)
-    DEFAULT_MAX_TOKENS, DISCOVERY_TOOL, KIND, TaskSpec, as_tasks, conversation, request_key,
+    DEFAULT_MAX_TOKENS, DISCOVERY_TOOL, KIND, TaskResult, TaskSpec, as_tasks, conversation,
+    request_key,
 )
-
-@dataclass
-class TaskResult:
-    task: TaskSpec
-    status: str                 # ok | invalid | refused | failed
-    detail: Any                 # DiscoveryResult when ok, else the reason
-    replies: list[ToolReply] = field(default_factory=list)
-    attempts: int = 0
-
-    @property
-    def from_cache(self) -> bool:
-        return bool(self.replies) and all(r.cached for r in self.replies)
-
 
 def _provenance(res: TaskResult, model: str) -> dict:
     usage = {k: 0 for k in USAGE_FIELDS}

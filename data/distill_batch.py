@@ -15,10 +15,11 @@ import re
 import time
 from pathlib import Path
 
-from data.anthropic_client import ToolReply, now_iso
+from data.anthropic_client import ToolReply
+from data.response_cache import now_iso
 from data.appendlog import write_json_atomically
 from data.contract import PROMPT_HASH
-from data.teacher import DISCOVERY_TOOL, KIND, conversation, request_key
+from data.teacher import DISCOVERY_TOOL, KIND, TaskResult, conversation, request_key
 
 BATCH_CHUNK = 5000   # requests per batch, well under the API's 100k / 256 MB limits
 
@@ -76,7 +77,6 @@ def _collect(run, state_path: Path, poll_interval: float, errors: dict[str, str]
 
 def run_batch(run, todo, *, max_attempts: int, max_tokens: int, state_path: Path,
               poll_interval: float, fresh_ids: set[str]) -> None:
-    from data.distill import TaskResult   # the run's result type; distill imports us lazily
     client, cache = run.client, run.client.cache
     errors: dict[str, str] = {}
     fresh_keys: set[str] = set()        # cache rows written by this run

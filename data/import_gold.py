@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 from data.appendlog import AppendLog, read_records
 from data.contract import ContractError, case_from_dict, spec_violations
-from data.anthropic_client import now_iso
+from data.response_cache import now_iso
 
 
 @dataclass

@@ -8,10 +8,11 @@ a restarted run replays every finished step from the response cache without a re
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generator, Iterable
 
-from data.anthropic_client import ToolReply, cache_key, forced_tool_request
+from data.anthropic_client import ToolReply, forced_tool_request
+from data.response_cache import cache_key
 from data.contract import (
     PROMPT_HASH, ContractError, DiscoveryResult, json_schema, planner_system_prompt,
     planner_user_message, spec_violations,
@@ -31,6 +32,20 @@ KIND = "distill"          # the response cache's kind for teacher answers
 class TaskSpec:
     id: str
     input: str
+
+
+@dataclass
+class TaskResult:
+    """What one task's distillation ended in (shared by the sync and the batch path)."""
+    task: TaskSpec
+    status: str                 # ok | invalid | refused | failed
+    detail: Any                 # DiscoveryResult when ok, else the reason
+    replies: list[ToolReply] = field(default_factory=list)
+    attempts: int = 0
+
+    @property
+    def from_cache(self) -> bool:
+        return bool(self.replies) and all(r.cached for r in self.replies)
 
 
 def as_tasks(tasks: Iterable[Any]) -> list[TaskSpec]:

@@ -86,7 +86,7 @@ def build_judge(args):
     for key in ("model", "cache_path", "concurrency"):
         if getattr(args, key) is not None:
             opts[key] = getattr(args, key)
-    from data.anthropic_client import MissingKeyError   # lazy: needs the anthropic SDK
+    from data.redaction import MissingKeyError   # lazy: needs the anthropic SDK
     try:
         return get_judge("anthropic", **opts)
     except MissingKeyError as e:

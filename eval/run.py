@@ -11,9 +11,10 @@ refused), generate every ruler case greedily through the chosen pipeline, gate, 
 print the scorecard with the running best of this ruler and judge and a paired test against it,
 write per-case results, and append one row to the experiment log (eval.log).
 
-Leak check: an adapter's run.json lists every training input (data.inputs). If one equals or
-nearly equals a ruler task, or run.json cannot show the training data, the experiment is still
-scored but logged `invalid` with the reason, and it can never become the running best.
+Leak check (eval.adapter_check): an adapter's run.json lists every training input (data.inputs).
+If one equals or nearly equals a ruler task, or run.json cannot show the training data, the
+experiment is still scored but logged `invalid` with the reason, and it can never become the
+running best. The log rows themselves are built in eval.experiment.
 
 Files written to the output folder: cases.json (per case: input, gold, raw output, candidate,
 spec violations, verdict, notes, quality, pipeline details), records.jsonl (judged records, the
@@ -32,75 +33,16 @@ from pathlib import Path
 
 from data.appendlog import write_text_atomically
 from data.contract import PROMPT_HASH, ContractError
-from data.leak import LeakGuard
-from eval.log import DEFAULT_DB, append_experiment
-from eval.metric import (paired_comparison, record_quality, render_comparison, render_scorecard,
-                         scorecard)
+from eval.adapter_check import adapter_hash, leak_reason
+from eval.experiment import case_entries, log_experiment
+from eval.log import DEFAULT_DB
+from eval.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
-from eval.records import record_from_dict
 from eval.ruler import RulerError, load_ruler
 
 LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "grpo", "data", "other")
 
 
-
-
-def _sha256_files(paths) -> str | None:
-    h = hashlib.sha256()
-    found = False
-    for p in paths:
-        if p.is_file():
-            found = True
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
-    return h.hexdigest() if found else None
-
-
-def adapter_hash(adapter_dir) -> str | None:
-    d = Path(adapter_dir)
-    return _sha256_files([d / "adapter_config.json", d / "adapter_model.safetensors",
-                          d / "adapter_model.bin"])
-
-
-def training_inputs_of(run: dict, adapter_dir) -> tuple[list[str] | None, str | None]:
-    """(training inputs, None) from run.json, or (None, why they cannot be known)."""
-    data = run.get("data") or {}
-    if isinstance(data.get("inputs"), list):
-        return [str(x) for x in data["inputs"]], None
-    # Older runs: re-read the training file, but only if it is byte-identical to what was trained.
-    train_file, recorded = data.get("train_file"), data.get("train_sha256")
-    if train_file and recorded and Path(train_file).is_file():
-        from train.common import file_sha256, training_inputs
-        if file_sha256(train_file) == recorded:
-            return training_inputs(train_file), None
-        return None, (f"{adapter_dir}/run.json has no data.inputs and {train_file} changed since "
-                      "training (sha256 differs)")
-    return None, (f"{adapter_dir}/run.json has no data.inputs and its training file is not "
-                  "available, so its training data cannot be checked for ruler tasks")
-
-
-def leak_reason(adapter_dir, cases) -> tuple[dict | None, str | None]:
-    """(run.json or None, why the experiment is invalid or None) for an adapter folder."""
-    run_path = Path(adapter_dir) / "run.json"
-    if not run_path.is_file():
-        return None, (f"{adapter_dir} has no run.json, so its training data cannot be checked for "
-                      "ruler tasks")
-    try:
-        run = json.loads(run_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        return None, f"{run_path}:{e.lineno}: invalid JSON ({e.msg}); training data unknown"
-    inputs, why = training_inputs_of(run, adapter_dir)
-    if inputs is None:
-        return run, why
-    guard = LeakGuard([(c.id, c.input) for c in cases])
-    leaks = guard.find_leaks((f"training input #{i + 1}", t) for i, t in enumerate(inputs))
-    if leaks:
-        shown = "; ".join(f"{lk.protected_id} {lk.protected_input!r} ~ {lk.where} {lk.input!r}"
-                          for lk in leaks[:5])
-        more = f" (+{len(leaks) - 5} more)" if len(leaks) > 5 else ""
-        return run, (f"leak: the adapter's training data contains {len(leaks)} ruler task(s): "
-                     f"{shown}{more}")
-    return run, None
 
 
 def judge_identity(judge, swap: bool, samples: int) -> str:
@@ -118,7 +60,7 @@ def build_judge(name: str, *, swap: bool = False, samples: int = 1, options: dic
                              "judge is deterministic)")
         return get_judge("offline", **options)
     if name == "anthropic":
-        from data.anthropic_client import MissingKeyError  # lazy: needs the anthropic SDK
+        from data.redaction import MissingKeyError  # lazy: needs the anthropic SDK
         try:
             return get_judge("anthropic", swap=swap, samples=samples, progress=progress,
                              **options)
@@ -135,62 +77,6 @@ def default_out_dir(label: str) -> Path:
     while (out / "cases.json").exists():
         n += 1
         out = base.with_name(f"{safe}-{n}")
-    return out
-
-
-def scorecard_columns(card) -> dict:
-    """The log columns that come from a scorecard (the full scorecard goes in `metrics`)."""
-    ci = card.headline_ci
-    return {"headline": card.headline, "headline_ci_lo": ci[0] if ci else None,
-            "headline_ci_hi": ci[1] if ci else None, "headline_answered": card.headline_answered,
-            "spec_pass_rate": card.spec_pass_rate, "error_rate": card.error_rate,
-            "wins": card.wins, "ties": card.ties, "losses": card.losses,
-            "ruler_version": (card.ruler or {}).get("version"),
-            "ruler_hash": (card.ruler or {}).get("hash"), "judge": card.judge,
-            "metrics": card.to_dict()}
-
-
-def log_experiment(db, records, card, columns: dict, *, invalid_reason: str | None = None,
-                   case_extras: list[dict] | None = None):
-    """Append scored records to the log, paired-compared with the running best they must beat.
-
-    `columns` holds the descriptive log columns (label, note, lever, base, adapter, pipeline,
-    config, hashes); the metric columns, ruler and judge come from `card`. Returns
-    (experiment, running best before it or None).
-    """
-    stored = [dict(r.to_dict(), quality=record_quality(r)) for r in records]
-    for s, extra in zip(stored, case_extras or []):
-        s.update(extra)
-
-    def compare(best, best_cases):
-        try:
-            a = [record_from_dict({k: v for k, v in r.items() if k != "quality"},
-                                  f"experiment #{best.id} case {r.get('case_id')}")
-                 for r in best_cases]
-            return paired_comparison(a, records, label_a=f"best #{best.id} {best.label}",
-                                     label_b=card.label or "this run").to_dict()
-        except (ValueError, ContractError) as e:
-            return {"error": str(e)}
-
-    entry = {**columns, **scorecard_columns(card)}
-    return append_experiment(db, entry, stored, invalid_reason=invalid_reason, compare=compare)
-
-
-def case_entries(cases, gens, records) -> list[dict]:
-    out = []
-    for case, gen, rec in zip(cases, gens, records):
-        v = rec.verdict
-        out.append({
-            "case_id": case.id, "input": case.input, "gold": case.gold.to_dict(),
-            "raw_output": gen.text, "candidate": rec.candidate.to_dict() if rec.candidate else None,
-            "parse_problems": gen.problems,
-            "spec": {"passed": rec.spec_passed, "violations": rec.violations},
-            "verdict": ({"pairwise": v.pairwise, "rubric": v.rubric, "notes": v.notes}
-                        if v else None),
-            "notes": v.notes if v else (rec.error or "; ".join(rec.violations)),
-            "quality": record_quality(rec), "error": rec.error, "error_kind": rec.error_kind,
-            "pipeline": gen.details,
-        })
     return out
 
 

@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 
-from export.package import ExportError
+from export.plan import ExportError
 
 EPILOG = "Subcommand: python -m export.fmadapter inspect PKG [--to-peft OUT]  (see inspect --help)"
 

@@ -21,7 +21,7 @@ from export import metadata as md
 from export.blob import BlobInfo, read_fp16_bits, read_index
 from export.layouts import (AFM_SIGNATURE_26_0, AFM_TEXT_V7, RUNTIME_SCALE, STAND_IN, Layout,
                             afm_text_v7, permute_rows, stand_in_from_description)
-from export.package import ADAPTER_FILE, METADATA_FILE, WEIGHTS_FILE, ExportError
+from export.plan import ADAPTER_FILE, METADATA_FILE, WEIGHTS_FILE, ExportError
 
 DRAFT_FILES = ("draft.mil", "draft_weights.bin")
 PACKAGE_SUFFIX = ".fmadapter"

@@ -113,7 +113,7 @@ def cache_paths(cfg: RecipeConfig, out: Path) -> tuple[Path, Path]:
 # ---- the estimate ---------------------------------------------------------------------------
 def uncached_teacher_tasks(tasks, cfg: RecipeConfig, p: Paths) -> list:
     """Tasks that will cost a teacher request: not in the gold file and not in the cache."""
-    from data.anthropic_client import ResponseCache
+    from data.response_cache import ResponseCache
     from data.appendlog import read_records
     from data.teacher import DEFAULT_MAX_TOKENS, as_tasks, conversation, request_key
     done = set()
@@ -138,7 +138,7 @@ def uncached_teacher_tasks(tasks, cfg: RecipeConfig, p: Paths) -> list:
 
 def estimate(tasks, cfg: RecipeConfig, p: Paths) -> Estimate:
     from data.contract import JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, planner_system_prompt
-    from data.prefs import PrefsOptions
+    from prefs.build import PrefsOptions
     from data.prices import PRICES_PATH, load_prices
     from data.teacher import DISCOVERY_TOOL
     est = Estimate(tasks=len(tasks))
@@ -207,7 +207,7 @@ def _is_apple_base(base: str) -> bool:
 
 def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dict:
     """Run (or resume) every stage; returns estimate, distill, scores, package and spent."""
-    from data.anthropic_client import api_key_from_env
+    from data.redaction import api_key_from_env
     from train.models import resolve_base
     api_key_from_env()                       # a missing key is reported before anything else
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +254,7 @@ def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dic
     _stage("SFT", (p.sft / "run.json").exists(), sft)
 
     def prefs():
-        from data.prefs import main as prefs_main
+        from prefs.build import main as prefs_main
         argv = ["--gold", str(p.gold), "--student-base", base, "--student-adapter", str(p.sft),
                 "--samples", str(cfg.prefs_samples), "--max-new-tokens",
                 str(cfg.prefs_max_new_tokens), "--judge", cfg.prefs_judge, "--out", str(p.prefs)]
@@ -265,7 +265,7 @@ def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dic
         if cfg.prefs_limit is not None:
             argv += ["--limit", str(cfg.prefs_limit)]
         if prefs_main(argv):
-            raise SystemExit("data.prefs failed (see the error above)")
+            raise SystemExit("prefs.build failed (see the error above)")
 
     _stage("preference pairs", (p.prefs / "manifest.json").exists(), prefs)
 
@@ -329,7 +329,7 @@ def run_recipe(tasks, cfg: RecipeConfig, out: Path, *, yes: bool = False) -> dic
 
 
 def _answers_in(cache_path: Path) -> int:
-    from data.anthropic_client import ResponseCache
+    from data.response_cache import ResponseCache
     if not Path(cache_path).exists():
         return 0
     cache = ResponseCache(cache_path)
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="where every stage writes (default %(default)s)")
     ap.add_argument("--yes", "-y", action="store_true", help="do not ask before spending money")
     args = ap.parse_args(argv)
-    from data.anthropic_client import MissingKeyError, redact
+    from data.redaction import MissingKeyError, redact
     from data.contract import ContractError
     from data.corpus import read_tasks
     from train.config import ConfigError, load_config

@@ -112,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     prefs_dir = out / "prefs"
 
     def make_pairs():
-        from data.prefs import main as prefs_main
+        from prefs.build import main as prefs_main
         rc = prefs_main(["--student-base", str(standin), "--student-adapter", str(sft_dir),
                          "--samples", "2", "--limit", "24", "--max-new-tokens", "400",
                          "--out", str(prefs_dir)])
         if rc:
-            raise SystemExit(f"data.prefs failed with exit code {rc}")
+            raise SystemExit(f"prefs.build failed with exit code {rc}")
 
     secs, _ = _step("preference pairs", (prefs_dir / "train.jsonl").exists(), make_pairs)
     rows.append(("preference pairs", str(prefs_dir), secs))

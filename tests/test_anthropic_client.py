@@ -12,10 +12,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from data.anthropic_client import (
-    ClaudeAPIError, ClaudeClient, MissingKeyError, ResponseCache, RetryPolicy, api_key_from_env,
-    backoff_delay, cache_key, forced_tool_request, redact, run_concurrently,
-)
+from data.anthropic_client import ClaudeAPIError, ClaudeClient, forced_tool_request
+from data.api_retry import RetryPolicy, backoff_delay
+from data.concurrency import run_concurrently
+from data.redaction import MissingKeyError, api_key_from_env, redact
+from data.response_cache import ResponseCache, cache_key
 from data.prices import PRICES_PATH, ModelPrice, PriceTable, UsageMeter, load_prices
 from data.contract import PROMPT_HASH
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from data.anthropic_client import MissingKeyError
+from data.redaction import MissingKeyError
 from data.contract import (
     JUDGE_PROMPT_HASH, JUDGE_SYSTEM_PROMPT, DiscoveryResult, Question, judge_user_message,
 )

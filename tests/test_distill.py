@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from data.anthropic_client import RetryPolicy
+from data.api_retry import RetryPolicy
 from data.prices import load_prices
 from data.appendlog import AppendLog, read_records
 from data.contract import ContractError, PROMPT_HASH, load_cases, spec_violations

@@ -17,7 +17,8 @@ from eval import log as explog
 from eval.records import read_records
 from eval.ruler import RulerError
 from eval.run import main as run_main
-from eval.run import run_eval, training_inputs_of
+from eval.adapter_check import training_inputs_of
+from eval.run import run_eval
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

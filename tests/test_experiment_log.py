@@ -139,7 +139,7 @@ def test_code_has_no_update_or_delete_statement():
     """Append-only by construction: no module of the loop writes an UPDATE or DELETE statement."""
     statement = re.compile(r"\bUPDATE\s+\w+\s+SET\b|\bDELETE\s+FROM\b|\bINSERT\s+OR\s+REPLACE\b"
                            r"|\bREPLACE\s+INTO\b|\bDROP\s+TABLE\b", re.I)
-    for rel in ("eval/log.py", "eval/run.py", "eval/dashboard.py"):
+    for rel in ("eval/log.py", "eval/run.py", "eval/experiment.py", "eval/dashboard.py"):
         text = (REPO / rel).read_text(encoding="utf-8")
         assert not statement.search(text), f"{rel} contains a statement that rewrites the log"
 

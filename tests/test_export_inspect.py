@@ -13,7 +13,7 @@ import pytest
 
 from export.blob import BlobWriter, read_index
 from export.fmadapter import main
-from export.package import ExportError
+from export.plan import ExportError
 from export.reader import inspect_package, to_peft
 from export.synthetic import synthetic_standin_run
 

@@ -171,7 +171,8 @@ def test_refusal_in_an_existing_output_folder_leaves_only_what_was_there(state, 
 @pytest.mark.parametrize("bad", [np.nan, -np.nan, np.inf, -np.inf, 1e5, -1e5])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_every_non_finite_or_out_of_range_value_is_caught(bad, dtype):
-    from export.package import ExportError, prepare
+    from export.plan import ExportError
+    from export.tensors import prepare
     arr = np.zeros((4, 8), dtype)
     arr[0, 0], arr[1, 1] = 65504.0, -65504.0  # the extremes are fine
     with np.errstate(over="ignore"):

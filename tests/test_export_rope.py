@@ -2,7 +2,7 @@
 attention on the exported (permuted) weights.
 
 A small numpy reference of one attention layer with a LoRA on Q and K (head_dim 128 as in AFM,
-2 query heads sharing 1 key/value head). The exported LoRA B goes through export.package.prepare,
+2 query heads sharing 1 key/value head). The exported LoRA B goes through export.tensors.prepare,
 the function the exporter itself uses; the runtime's own base projections are permuted the same
 way (that is what Apple's runtime weights are). The same check is then made on the project's own
 AFM model (train.afm, tiny geometry), whose PEFT key names are also checked against the layout.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from export.layouts import interleaved_to_half_split, permute_rows
-from export.package import prepare
+from export.tensors import prepare
 
 HEAD_DIM, N_Q, N_KV, HIDDEN, RANK, T = 128, 2, 1, 64, 4, 9
 THETA = 500_000.0

@@ -34,7 +34,7 @@ def tiny_pairs_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("nb-pairs")
     weak_drafts(tmp / "drafts.jsonl", 10)
     out = tmp / "pairs"
-    proc = subprocess.run([sys.executable, "-m", "data.prefs", "--limit", "10", "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "prefs.build", "--limit", "10", "--out", str(out),
                            "--drafts", str(tmp / "drafts.jsonl"), "--val-fraction", "0.2"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory) -> Path:
     from data.corpus import REFERENCES_DIR
-    from data.prefs import PrefsOptions, build_prefs
+    from prefs.build import PrefsOptions, build_prefs
     from eval.judges import get_judge
     out = tmp_path_factory.mktemp("orpo-pairs")
     build_prefs([REFERENCES_DIR], out, get_judge("offline"),

@@ -1,4 +1,4 @@
-"""data.prefs: pair selection (margin, cap, mix), output formats, leak guard, student sampling,
+"""prefs.build: pair selection (margin, cap, mix), output formats, leak guard, student sampling,
 and the anthropic judge through the fake Messages API (shared verdict cache)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from data.contract import (DiscoveryResult, Question, parse_assistant, planner_messages,
                            render_assistant)
 from data.corpus import REFERENCES_DIR, reference_cases, ruler_cases
-from data.prefs import (GOLD, ON_POLICY, Candidate, PrefsOptions, build_prefs, main,
-                        select_pairs)
+from prefs.build import PrefsOptions, build_prefs, main
+from prefs.pairs import GOLD, ON_POLICY, Candidate, select_pairs
 from eval.judges import get_judge
 from eval.verdict import Verdict
 
@@ -277,3 +277,21 @@ def test_anthropic_judge_shares_its_cache(tmp_path, monkeypatch):
     assert all(s["judge"] == "anthropic:claude-sonnet-4-6" and s["margin"] == 0.5 for s in side)
     assert all(s["rejected"]["judge_notes"] == "gold covers more" for s in side)
     assert key not in (tmp_path / "out" / "manifest.json").read_text()
+
+
+def test_old_command_name_still_builds_pairs(tmp_path):
+    """`python -m data.prefs` (the documented name before the stage moved to prefs/) hands its
+    arguments to `python -m prefs.build` and says so."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "pairs"
+    proc = subprocess.run([sys.executable, "-m", "data.prefs", "--limit", "2", "--out", str(out)],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "python -m prefs.build" in proc.stderr
+    assert "preference pairs:" in proc.stdout
+    assert read(out / "pairs.jsonl") and (out / "manifest.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "data.prefs", "--margin", "2"], cwd=repo,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--margin must lie in 0..1" in bad.stderr

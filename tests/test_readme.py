@@ -94,9 +94,9 @@ PLAN: dict[str, Step] = {
     "python -m train.sft --config configs/sft.yaml --learning_rate 1e-4 --resume_from_checkpoint "
     "latest": Step("run", ["--max_steps", "3", *SFT_SHRINK[2:]], "resumes the run above"),
     "python -m train.sft --help": Step("run"),
-    "python -m data.prefs --student-adapter runs/sft-tiny --out runs/data/prefs":
+    "python -m prefs.build --student-adapter runs/sft-tiny --out runs/data/prefs":
         Step("run", ["--limit", "6", "--samples", "1", "--max-new-tokens", "300"]),
-    f"python -m data.prefs --gold runs/data/gold.jsonl --student-base {QWEN} --student-adapter "
+    f"python -m prefs.build --gold runs/data/gold.jsonl --student-base {QWEN} --student-adapter "
     "runs/sft-qwen3b --samples 4 --temperature 0.8 --judge anthropic":
         Step("run", ["--max-new-tokens", "64", "--out", "runs/data/prefs-anthropic"]),
     "python -m train.orpo --config configs/tiny-orpo.yaml": Step("run", ["--max_steps", "2"]),

@@ -2,7 +2,7 @@
 
 TRL's ORPO trainer (in TRL 1.16 it exists only as trl.experimental.orpo; this is the one module
 that imports it, so it can be swapped) with a PEFT LoRA, on preference pairs from
-`python -m data.prefs`. The prompt is the planner's system + user messages rendered by the same
+`python -m prefs.build`. The prompt is the planner's system + user messages rendered by the same
 chat template as SFT. Start from the base (a fresh LoRA, Apple's shape by default) or continue an
 SFT adapter with `adapter_init: RUN_DIR` (loaded trainable and trained further; its LoRA shape
 wins over the lora_* keys). The learning rate defaults to 5e-5: TRL's ORPO default of 1e-6 is
@@ -38,7 +38,7 @@ class ORPORunConfig(TrainingFields):
     adapter_init: str | None = field(default=None, metadata={
         "help": "SFT run folder whose adapter ORPO continues (None: a fresh LoRA on the base)"})
     train_file: str = field(default="runs/data/prefs/train.jsonl",
-                            metadata={"help": "preference JSONL from python -m data.prefs"})
+                            metadata={"help": "preference JSONL from python -m prefs.build"})
     val_file: str | None = "runs/data/prefs/val.jsonl"
     output_dir: str = "runs/orpo"
     beta: float = field(default=0.1, metadata={"help": "weight of ORPO's odds-ratio term"})
@@ -62,7 +62,7 @@ def _load_datasets(cfg):
         p = getattr(cfg, name)
         if p and not Path(p).exists():
             raise FileNotFoundError(f"{name} {p} does not exist; build it with "
-                                    "`python -m data.prefs` (or point the config at your pairs)")
+                                    "`python -m prefs.build` (or point the config at your pairs)")
     train = load_dataset("json", data_files=cfg.train_file, split="train")
     val = load_dataset("json", data_files=cfg.val_file, split="train") if cfg.val_file else None
     keep = ["prompt", "chosen", "rejected"]

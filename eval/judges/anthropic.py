@@ -19,10 +19,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data.anthropic_client import (
-    DEFAULT_CACHE_PATH, DEFAULT_MODEL, ClaudeAPIError, ClaudeClient, ResponseCache, RetryPolicy,
-    cache_key, canonical_json, forced_tool_request, redact, run_concurrently,
-)
+from data.anthropic_client import (DEFAULT_CACHE_PATH, DEFAULT_MODEL, ClaudeAPIError, ClaudeClient,
+                                   forced_tool_request)
+from data.api_retry import RetryPolicy
+from data.concurrency import run_concurrently
+from data.redaction import redact
+from data.response_cache import ResponseCache, cache_key, canonical_json
 from data.appendlog import rewrite_atomically
 from data.contract import (
     JUDGE_PROMPT_HASH, JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, RUBRIC_DIMENSIONS, DiscoveryResult,

@@ -67,7 +67,8 @@ def cmd_build(args) -> int:
                   f"{p.id}; the leak guard will keep it out of training", file=sys.stderr)
 
     # lazy: the teacher client is only needed here
-    from data.anthropic_client import ClaudeAPIError, MissingKeyError
+    from data.anthropic_client import ClaudeAPIError
+    from data.redaction import MissingKeyError
     from data.distill import distill_tasks
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
