@@ -40,7 +40,8 @@ from eval.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
 from eval.ruler import RulerError, load_ruler
 
-LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "grpo", "data", "other")
+LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "dpo", "ipo", "simpo", "kto", "grpo",
+          "data", "other")
 
 
 

@@ -16,14 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory) -> Path:
-    from data.corpus import REFERENCES_DIR
-    from prefs.build import PrefsOptions, build_prefs
-    from eval.judges import get_judge
-    out = tmp_path_factory.mktemp("orpo-pairs")
-    build_prefs([REFERENCES_DIR], out, get_judge("offline"),
-                options=PrefsOptions(limit=24, val_fraction=0.25, seed=0), progress=False)
-    return out
+def pairs_dir(tiny_pairs_dir) -> Path:
+    return tiny_pairs_dir
 
 
 def tiny_orpo_config(standin: Path, pairs: Path, sft_run: Path, output_dir: Path, **overrides):
@@ -67,7 +61,7 @@ def test_heldout_margin_beats_the_sft_adapter(orpo_run, tiny_sft_run, standin_di
     import torch
 
     from train.models import load_with_adapter
-    from train.orpo import preference_margins
+    from train.preference import preference_margins
     val = read_jsonl(pairs_dir / "val.jsonl")
     train_tasks = {r["id"].split("#")[0] for r in read_jsonl(pairs_dir / "train.jsonl")}
     assert val and not {r["id"].split("#")[0] for r in val} & train_tasks   # truly held out

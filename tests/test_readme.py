@@ -101,6 +101,7 @@ PLAN: dict[str, Step] = {
         Step("run", ["--max-new-tokens", "64", "--out", "runs/data/prefs-anthropic"]),
     "python -m train.orpo --config configs/tiny-orpo.yaml": Step("run", ["--max_steps", "2"]),
     "python -m train.orpo --config configs/orpo.yaml": Step("run", ORPO_SHRINK, "3B -> stand-in"),
+    "python -m train.prefs --config configs/tiny-dpo.yaml": Step("run", ["--max_steps", "2"]),
     "FMDISTILL_PAIRS_DIR=runs/data/prefs jupyter lab notebooks/inspect_pairs.ipynb":
         Step("run", note="executed headless (jupyter execute), not opened in JupyterLab"),
     "python -m eval.ruler verify": Step("run"),

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
-                          new_run_id, plot_curves, resolve_runtime, run_record, stage_main,
+from train.common import (TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
+                          plot_curves, resolve_runtime, run_record, stage_main,
                           trainer_args_kwargs, warn_ruler_leaks)
-from train.config import ConfigError
+from train.preference import (attach_adapter_init, load_pair_datasets, mean_or_none,
+                              preference_margins)
 from train.sft import data_record
 
 PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "log_odds_ratio", "log_odds_chosen",
@@ -55,74 +56,6 @@ class ORPORunConfig(TrainingFields):
         "help": "record the validation pairs' log-prob margin before and after training"})
 
 
-def _load_datasets(cfg):
-    from datasets import load_dataset
-
-    for name in ("train_file", "val_file"):
-        p = getattr(cfg, name)
-        if p and not Path(p).exists():
-            raise FileNotFoundError(f"{name} {p} does not exist; build it with "
-                                    "`python -m prefs.build` (or point the config at your pairs)")
-    train = load_dataset("json", data_files=cfg.train_file, split="train")
-    val = load_dataset("json", data_files=cfg.val_file, split="train") if cfg.val_file else None
-    keep = ["prompt", "chosen", "rejected"]
-    for ds, name in ((train, cfg.train_file), (val, cfg.val_file)):
-        if ds is not None and not set(keep) <= set(ds.column_names):
-            raise ConfigError(f"{name}: expected preference records (columns {keep}), found "
-                              f"{ds.column_names}")
-    train = train.remove_columns([c for c in train.column_names if c not in keep])
-    if val is not None:
-        val = val.remove_columns([c for c in val.column_names if c not in keep])
-    return train, val
-
-
-def completion_logps(model, tokenizer, prompts: list[list[dict]], completions: list[list[dict]],
-                     batch_size: int = 4) -> list[float]:
-    """Mean log-probability per completion token (what ORPO's odds ratio is built on), with the
-    prompt and completion rendered by the tokenizer's chat template as in training."""
-    import torch
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    out: list[float] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ps, cs = prompts[start:start + batch_size], completions[start:start + batch_size]
-            prompt_texts = [tokenizer.apply_chat_template(p, tokenize=False,
-                                                          add_generation_prompt=True) for p in ps]
-            full_texts = [tokenizer.apply_chat_template(p + c, tokenize=False)
-                          for p, c in zip(ps, cs)]
-            n_prompt = [len(tokenizer(t, add_special_tokens=False)["input_ids"])
-                        for t in prompt_texts]
-            enc = tokenizer(full_texts, return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(device)
-            with torch.no_grad():
-                logits = model(**enc).logits[:, :-1].float()
-            labels = enc["input_ids"][:, 1:]
-            logps = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-            pos = torch.arange(labels.shape[1], device=device).unsqueeze(0)
-            mask = (pos >= torch.tensor(n_prompt, device=device).unsqueeze(1) - 1) \
-                & enc["attention_mask"][:, 1:].bool()
-            out += ((logps * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    return out
-
-
-def preference_margins(model, tokenizer, records: list[dict], batch_size: int = 4) -> list[float]:
-    """Per pair: mean completion log-prob of the chosen answer minus that of the rejected one."""
-    prompts = [r["prompt"] for r in records]
-    chosen = completion_logps(model, tokenizer, prompts, [r["chosen"] for r in records],
-                              batch_size)
-    rejected = completion_logps(model, tokenizer, prompts, [r["rejected"] for r in records],
-                                batch_size)
-    return [c - r for c, r in zip(chosen, rejected)]
-
-
 def orpo_trainer_class(nll_on_completion_only: bool):
     """TRL's ORPOTrainer, or a subclass whose NLL term skips the prompt tokens."""
     import torch.nn.functional as F
@@ -145,41 +78,6 @@ def orpo_trainer_class(nll_on_completion_only: bool):
     return CompletionNLLORPOTrainer
 
 
-def _mean(xs) -> float | None:
-    xs = list(xs)
-    return sum(xs) / len(xs) if xs else None
-
-
-def _attach_adapter_init(cfg: ORPORunConfig, model, base_info: dict):
-    """Load the SFT adapter trainable; returns (model, record of the run it came from)."""
-    from peft import PeftModel
-
-    from train.models import read_run
-
-    path = Path(cfg.adapter_init)
-    if not (path / "adapter_config.json").exists():
-        raise FileNotFoundError(f"adapter_init {path}: not a PEFT adapter folder "
-                                "(adapter_config.json is missing)")
-    run = read_run(path) if (path / "run.json").exists() else {}
-    trained_on = (run.get("base_model") or {}).get("identity")
-    if trained_on and trained_on != base_info["identity"]:
-        raise ConfigError(
-            f"adapter_init {path} was trained on base {run['base_model'].get('name_or_path')!r} "
-            f"(identity {trained_on[:12]}), but this run's base {cfg.model_name_or_path!r} has "
-            f"identity {base_info['identity'][:12]}; an adapter only fits the base it was "
-            "trained on")
-    model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
-    peft_cfg = model.peft_config["default"]
-    # The adapter's own shape is what gets trained; record it as the resolved config.
-    cfg.lora_r, cfg.lora_alpha = int(peft_cfg.r), int(peft_cfg.lora_alpha)
-    cfg.lora_dropout = float(peft_cfg.lora_dropout)
-    targets = set(peft_cfg.target_modules)      # PEFT keeps a set: reuse the configured order
-    cfg.lora_target_modules = ([m for m in cfg.lora_target_modules if m in targets]
-                               + sorted(targets - set(cfg.lora_target_modules)))
-    return model, {"run_dir": str(path), "run_id": run.get("run_id"), "stage": run.get("stage"),
-                   "adapter_sha256": file_sha256(path / "adapter_model.safetensors")}
-
-
 def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the run folder."""
     import transformers
@@ -191,12 +89,12 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
-    train_ds, val_ds = _load_datasets(cfg)
+    train_ds, val_ds = load_pair_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision)
     started_from = None
     if cfg.adapter_init:
-        model, started_from = _attach_adapter_init(cfg, model, base_info)
+        model, started_from = attach_adapter_init(cfg, model, base_info)
     data = data_record(cfg.train_file, cfg.val_file, len(train_ds), len(val_ds or []))
     warn_ruler_leaks(data)
     has_val = val_ds is not None and len(val_ds) > 0
@@ -204,7 +102,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     margin_before = None
     if cfg.measure_margins and val_records:
         model.to(device)
-        margin_before = _mean(preference_margins(model, tokenizer, val_records,
+        margin_before = mean_or_none(preference_margins(model, tokenizer, val_records,
                                                  cfg.per_device_eval_batch_size))
     args = ORPOConfig(beta=cfg.beta, remove_unused_columns=False,
                       **trainer_args_kwargs(cfg, out, has_val, device, precision))
@@ -222,7 +120,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
                       else trainer.evaluate())
     margin_after = None
     if cfg.measure_margins and val_records:
-        margin_after = _mean(preference_margins(trainer.model, tokenizer, val_records,
+        margin_after = mean_or_none(preference_margins(trainer.model, tokenizer, val_records,
                                                 cfg.per_device_eval_batch_size))
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
