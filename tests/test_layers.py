@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"data": 0, "train": 1, "export": 1, "eval": 2, "prefs": 3, "recipes": 4, "bench": 4}
+LAYERS = {"data": 0, "train": 1, "export": 1, "eval": 2, "prefs": 3, "rl": 3, "recipes": 4, "bench": 4}
 
 
 def module_name(path: Path) -> str:

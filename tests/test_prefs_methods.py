@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = 4
 
 
-def prefs_config(method: str, standin: Path, pairs: Path, sft_run: Path, output_dir: Path,
+def prefs_config(config_name: str, standin: Path, pairs: Path, sft_run: Path, output_dir: Path,
                  **overrides):
     from train.prefs import PrefsRunConfig
     base = {"model_name_or_path": str(standin), "adapter_init": str(sft_run),
@@ -26,7 +26,7 @@ def prefs_config(method: str, standin: Path, pairs: Path, sft_run: Path, output_
             "output_dir": str(output_dir), "progress": False, "max_steps": STEPS,
             "logging_steps": 1, "save_strategy": "no", "measure_margins": False}
     base.update(overrides)
-    return load_config(PrefsRunConfig, REPO / "configs" / f"tiny-{method}.yaml", base)
+    return load_config(PrefsRunConfig, REPO / "configs" / f"tiny-{config_name}.yaml", base)
 
 
 @pytest.fixture(scope="module")
