@@ -41,7 +41,7 @@ from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run
 from eval.ruler import RulerError, load_ruler
 
 LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "dpo", "ipo", "simpo", "kto", "grpo",
-          "rloo", "data", "other")
+          "rloo", "rft", "data", "other")
 
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from data.contract import DiscoveryResult, parse_assistant
-from rl.reward import PlannerReward, gold_json, judge_cost_estimate
+from rl.common import JudgeFields, build_judge, check_judge, confirm_spend, load_tasks
+from rl.reward import PlannerReward, judge_cost_estimate
 from train.common import (TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
                           plot_curves, resolve_runtime, run_record, stage_main,
                           trainer_args_kwargs, warn_ruler_leaks)
@@ -30,11 +30,10 @@ from train.preference import attach_adapter_init
 from train.sft import data_record
 
 METHODS = ("grpo", "rloo")
-JUDGES = ("offline", "anthropic")
 
 
 @dataclass
-class GRPORunConfig(TrainingFields):
+class GRPORunConfig(JudgeFields, TrainingFields):
     method: str = field(default="grpo", metadata={"help": "grpo | rloo"})
     adapter_init: str | None = field(default="runs/sft", metadata={
         "help": "SFT run folder to start from (None: a fresh LoRA on the base)"})
@@ -53,23 +52,12 @@ class GRPORunConfig(TrainingFields):
     top_p: float = 1.0
     beta: float = field(default=0.0, metadata={
         "help": "KL penalty to the start adapter (0: none, and no reference copy)"})
-    fail_reward: float = field(default=0.0, metadata={
-        "help": "reward of an answer that fails to parse or fails the spec gate"})
-    judge: str = field(default="offline", metadata={"help": "offline | anthropic"})
-    judge_model: str = "claude-sonnet-4-6"
-    judge_cache: str | None = None
-    judge_concurrency: int | None = None
-    judge_weights: str | None = None
-    confirm_spend: bool = field(default=False, metadata={
-        "help": "anthropic judge: start without asking after printing the cost estimate"})
-    limit: int | None = field(default=None, metadata={"help": "only the first N training tasks"})
 
 
 def check_config(cfg: GRPORunConfig) -> None:
     if cfg.method not in METHODS:
         raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
-    if cfg.judge not in JUDGES:
-        raise ConfigError(f"judge {cfg.judge!r}: choose one of {', '.join(JUDGES)}")
+    check_judge(cfg)
     if cfg.num_generations < 2:
         raise ConfigError("num_generations must be >= 2 (both methods compare an answer with "
                           "its siblings for the same task)")
@@ -82,75 +70,11 @@ def check_config(cfg: GRPORunConfig) -> None:
         raise ConfigError(f"beta must be >= 0, got {cfg.beta}")
 
 
-def load_tasks(cfg: GRPORunConfig):
-    """The SFT records as sampling prompts, each with its gold (the completion) and input."""
-    from datasets import Dataset
-
-    from data.contract import read_jsonl
-
-    if not Path(cfg.train_file).exists():
-        raise FileNotFoundError(f"train_file {cfg.train_file} does not exist; build it with "
-                                "`python -m data.sft`")
-    rows = []
-    for where, rec in read_jsonl(cfg.train_file, what="SFT record"):
-        try:
-            prompt, completion = rec["prompt"], rec["completion"]
-            user = next(m["content"] for m in prompt if m["role"] == "user")
-            answer = next(m["content"] for m in completion if m["role"] == "assistant")
-        except (KeyError, TypeError, StopIteration):
-            raise ConfigError(f"{where}: expected a conversational prompt/completion record "
-                              "(python -m data.sft writes them)") from None
-        parsed = parse_assistant(answer, strict=True)
-        if not isinstance(parsed.result, DiscoveryResult) or parsed.problems:
-            raise ConfigError(f"{where}: the completion is not a valid gold answer: "
-                              f"{'; '.join(parsed.problems) or 'unparseable'}")
-        task = user[len("Task: "):] if user.startswith("Task: ") else user
-        rows.append({"prompt": prompt, "gold": gold_json(parsed.result), "task_input": task})
-    if cfg.limit:
-        rows = rows[:cfg.limit]
-    if not rows:
-        raise ConfigError(f"{cfg.train_file}: no training tasks")
-    return Dataset.from_list(rows)
-
-
 def planned_completions(cfg: GRPORunConfig, n_tasks: int) -> int:
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
     if cfg.max_steps > 0:
         return cfg.max_steps * per_step
     return math.ceil(cfg.num_train_epochs * n_tasks) * cfg.num_generations
-
-
-def build_judge(cfg: GRPORunConfig):
-    from eval.judges import get_judge
-    if cfg.judge == "offline":
-        return get_judge("offline", weights_path=cfg.judge_weights)
-    opts = {"model": cfg.judge_model, "progress": False}
-    if cfg.judge_cache:
-        opts["cache_path"] = cfg.judge_cache
-    if cfg.judge_concurrency:
-        opts["concurrency"] = cfg.judge_concurrency
-    from data.redaction import MissingKeyError
-    try:
-        return get_judge("anthropic", **opts)
-    except MissingKeyError as e:
-        raise ConfigError(str(e)) from None
-
-
-def confirm_spend(cfg: GRPORunConfig, estimate: dict) -> None:
-    dollars = estimate["dollars"]
-    print(f"judge {cfg.judge_model}: at most {estimate['max_judge_calls']} judge calls "
-          f"(~{estimate['input_tokens']:,} input + {estimate['output_tokens']:,} output tokens), "
-          f"at most {'an unpriced amount' if dollars is None else f'${dollars:.2f}'}; cached "
-          "verdicts and answers failing the spec gate cost nothing", file=sys.stderr)
-    if cfg.confirm_spend:
-        return
-    try:
-        answer = input("Spend this? [y/N] ")
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() not in ("y", "yes"):
-        raise ConfigError("not confirmed: nothing was spent (set confirm_spend: true to run "
-                          "without asking)")
 
 
 def make_trainer(cfg, model, tokenizer, train_ds, reward, common: dict, callbacks):
