@@ -10,6 +10,10 @@ starts from an SFT adapter (`adapter_init`) and writes the same run folder as ev
 so eval.run and export.fmadapter take it unchanged. With `judge: anthropic` the judge goes
 through the cached, concurrency-limited client; the run prints the most it can cost first and
 asks (or `confirm_spend: true`), and run.json records what it did cost.
+
+`reward: discriminator` is adversarial distillation as the research ran it: instead of the judge,
+a small discriminator (rl.discriminator) trained alongside on gold vs this policy's answers
+scores each passing answer by how gold-like it looks; configs/adversarial.yaml.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from train.preference import attach_adapter_init
 from train.sft import data_record
 
 METHODS = ("grpo", "rloo")
+REWARDS = ("judge", "discriminator")
 
 
 @dataclass
@@ -50,6 +55,11 @@ class GRPORunConfig(JudgeFields, TrainingFields):
     max_completion_length: int = 640
     temperature: float = 1.0
     top_p: float = 1.0
+    reward: str = field(default="judge", metadata={
+        "help": "judge (spec gate + judge quality) | discriminator (adversarial distillation)"})
+    discriminator_lr: float = 0.05
+    discriminator_steps: int = field(default=2, metadata={
+        "help": "discriminator updates per reward call (gold vs this batch's answers)"})
     beta: float = field(default=0.0, metadata={
         "help": "KL penalty to the start adapter (0: none, and no reference copy)"})
 
@@ -58,6 +68,8 @@ def check_config(cfg: GRPORunConfig) -> None:
     if cfg.method not in METHODS:
         raise ConfigError(f"method {cfg.method!r}: choose one of {', '.join(METHODS)}")
     check_judge(cfg)
+    if cfg.reward not in REWARDS:
+        raise ConfigError(f"reward {cfg.reward!r}: choose one of {', '.join(REWARDS)}")
     if cfg.num_generations < 2:
         raise ConfigError("num_generations must be >= 2 (both methods compare an answer with "
                           "its siblings for the same task)")
@@ -105,12 +117,20 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None) -> Path:
     train_ds = load_tasks(cfg)
     data = data_record(cfg.train_file, None, len(train_ds), 0)
     warn_ruler_leaks(data)
-    estimate = None
-    if cfg.judge == "anthropic":
-        estimate = judge_cost_estimate(planned_completions(cfg, len(train_ds)), cfg.judge_model)
-        confirm_spend(cfg, estimate)
-    judge = build_judge(cfg)
-    reward = PlannerReward(judge, cfg.fail_reward)
+    estimate, judge = None, None
+    if cfg.reward == "discriminator":
+        from rl.discriminator import Discriminator, DiscriminatorReward
+        reward = DiscriminatorReward(Discriminator(cfg.discriminator_lr, cfg.discriminator_steps,
+                                                   cfg.seed), cfg.fail_reward)
+        reward_name = "discriminator"
+    else:
+        if cfg.judge == "anthropic":
+            estimate = judge_cost_estimate(planned_completions(cfg, len(train_ds)),
+                                           cfg.judge_model)
+            confirm_spend(cfg, estimate)
+        judge = build_judge(cfg)
+        reward = PlannerReward(judge, cfg.fail_reward)
+        reward_name = judge.name
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision)
     started_from = None
@@ -130,10 +150,13 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None) -> Path:
         losses = [r["loss"] for r in history if "loss" in r]
         rewards = [r["reward"] for r in history if "reward" in r]
         meter = getattr(getattr(judge, "client", None), "meter", None)
+        disc = getattr(reward, "d", None)
         metrics = {"method": cfg.method, "train_loss": losses, "reward": rewards,
                    "reward_std": [r["reward_std"] for r in history if "reward_std" in r],
                    "nonfinite_losses": sum(not math.isfinite(x) for x in losses),
-                   "reward_stats": reward.stats.to_dict(), "judge": judge.name,
+                   "reward_stats": reward.stats.to_dict(), "reward_source": reward_name,
+                   "judge": None if judge is None else judge.name,
+                   "discriminator": None if disc is None else disc.history,
                    "judge_estimate": estimate,
                    "judge_spent": None if meter is None else {
                        "requests": meter.requests, "cache_hits": meter.cache_hits,
@@ -144,12 +167,12 @@ def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None) -> Path:
         title = f"{cfg.method.upper()} {cfg.model_name_or_path}"
         plot_curves(history, out / "loss_curve.png", ("loss",), title)
         plot_curves(history, out / "reward_curve.png", ("reward", "reward_std"),
-                    f"{title}: reward ({judge.name})")
+                    f"{title}: reward ({reward_name})")
         write_json_atomically(out / "run.json", run_record(
             stage=cfg.method, run_id=new_run_id(cfg.method, cfg), cfg=cfg, base_info=base_info,
             data=data, metrics=metrics,
             extra={"resumed_from": resume, "started_from": started_from}))
-    if hasattr(judge, "close"):
+    if judge is not None and hasattr(judge, "close"):
         judge.close()
     return out
 

@@ -120,7 +120,7 @@ def grpo_config(method: str, standin, sft_data, sft_run, out: Path, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["grpo", "rloo"])
+@pytest.mark.parametrize("method", ["grpo", "rloo", "adversarial"])
 def test_run_from_the_sft_adapter_writes_a_run_folder_that_exports(
         method, standin_dir, sft_data_dir, tiny_sft_run, tmp_path):
     from safetensors.torch import load_file
@@ -130,9 +130,14 @@ def test_run_from_the_sft_adapter_writes_a_run_folder_that_exports(
     out = run_grpo(grpo_config(method, standin_dir, sft_data_dir, tiny_sft_run, tmp_path / method))
     run = json.loads((out / "run.json").read_text())
     m = run["metrics"]
-    assert run["stage"] == method and m["global_step"] == 2 and len(m["reward"]) == 2
+    assert run["stage"] == ("grpo" if method == "adversarial" else method)
+    assert m["global_step"] == 2 and len(m["reward"]) == 2
     assert m["reward_stats"]["completions"] == 2 * 4          # steps x answers per step
-    assert m["judge"].startswith("offline") and m["judge_spent"] is None
+    if method == "adversarial":
+        assert m["judge"] is None and m["reward_source"] == "discriminator"
+        assert len(m["discriminator"]) == 2                    # one update per reward call
+    else:
+        assert m["judge"].startswith("offline") and m["judge_spent"] is None
     assert all(0.0 <= r <= 1.0 for r in m["reward"])
     assert run["started_from"]["run_dir"] == str(tiny_sft_run)
     assert run["data"]["ruler_leaks"] == [] and run["data"]["inputs"]
@@ -151,3 +156,20 @@ def test_reward_matches_the_ruler_metric():
     from eval.judges import JudgeItem
     (v,) = judge.judge_many([JudgeItem("Start a vegetable garden", GARDEN, GARDEN)])
     assert r == pytest.approx(case_quality(v, spec_passed=True))
+
+
+def test_the_discriminator_learns_gold_from_student_and_rewards_gold_like_answers():
+    from rl.discriminator import Discriminator, DiscriminatorReward
+    sloppy = DiscoveryResult("Plan a trip to Paris", "Stuff.", tuple(
+        Question(f"Anything else thing {i}?", "") for i in range(7)))
+    reward = DiscriminatorReward(Discriminator(lr=0.05, steps=5, seed=0), fail_reward=-1.0)
+    before = call(reward, [render_assistant(PARIS), render_assistant(sloppy), "{bad"])
+    for _ in range(4):     # the policy keeps producing the sloppy answer; the gold is PARIS
+        call(reward, [render_assistant(sloppy)] * 2)
+    gold_like, student_like, broken = call(reward, [render_assistant(PARIS),
+                                                    render_assistant(sloppy), "{bad"])
+    assert broken == before[2] == -1.0
+    assert abs(before[0] - before[1]) < 0.05                   # untrained: no opinion yet
+    assert gold_like > 0.6 > 0.4 > student_like
+    assert reward.d.history[-2]["accuracy"] == 1.0                # gold vs sloppy, separated
+    assert reward.stats.completions == 3 + 4 * 2 + 3 and reward.stats.spec_failed == 2
