@@ -35,8 +35,9 @@ import numpy as np
 
 from data.contract import RUBRIC_DIMENSIONS
 from data.leak import normalize_input
-from eval.judges.offline import (DEFAULT_WEIGHTS, OfflineJudge, pairwise_decision,
-                                 pairwise_margin, predict_scores, validate_weights)
+from eval.judges.offline import (BACKENDS, DEFAULT_WEIGHTS, OfflineJudge, default_weights,
+                                 pairwise_decision, pairwise_margin, predict_scores,
+                                 validate_weights)
 from eval.judges.offline_features import FEATURES
 from eval.records import JudgedRecord, RecordError, read_records
 from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, PAIRWISE_VALUE, Verdict, case_quality
@@ -118,8 +119,7 @@ def fit_band(d: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 def fit_weights(examples: list[Example], *, ridge: float, similarity: str) -> dict:
     from scipy.optimize import nnls
-    w = copy.deepcopy(DEFAULT_WEIGHTS)
-    w["similarity"] = similarity
+    w = default_weights(similarity)
     for dim in RUBRIC_DIMENSIONS:
         names = FEATURES[dim]
         x = np.array([[e.cand_features[k] for k in names] for e in examples])
@@ -172,12 +172,13 @@ def agreement(examples: list[Example], weights: dict) -> dict:
 
 
 def calibrate(records: list[JudgedRecord], *, holdout: float = 0.3, seed: int = 0,
-              ridge: float = 1e-3, embedding_model=None) -> tuple[dict, dict]:
+              ridge: float = 1e-3, embedding_model=None, backend=None, judge=None
+              ) -> tuple[dict, dict]:
     """(fitted weights, report). The weights are fitted on the training split only."""
     if not 0 <= holdout < 1:
         raise CalibrationError(f"--holdout must be in [0, 1), got {holdout}")
     use, skipped = usable(records)
-    judge = OfflineJudge(embedding_model=embedding_model)
+    judge = judge or OfflineJudge(embedding_model=embedding_model, backend=backend)
     train_idx, test_idx = split_by_input(use, holdout, seed)
     min_train = max(len(v) for v in FEATURES.values()) + 2
     if len(train_idx) < min_train:
@@ -193,8 +194,7 @@ def calibrate(records: list[JudgedRecord], *, holdout: float = 0.3, seed: int = 
     train = [examples[i] for i in train_idx]
     test = [examples[i] for i in test_idx] or train
     weights = fit_weights(train, ridge=ridge, similarity=judge.sim.name)
-    default = copy.deepcopy(DEFAULT_WEIGHTS)
-    default["similarity"] = judge.sim.name
+    default = default_weights(judge.sim.name)
     report = {
         "n_records": len(records), "n_used": len(use), "n_skipped": skipped,
         "n_train": len(train_idx), "n_holdout": len(test_idx),
