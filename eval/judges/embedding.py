@@ -74,14 +74,16 @@ def check_pooling(folder: Path) -> None:
 
 
 def weights_sha256(folder: Path) -> str:
-    """SHA-256 over the weight files (name and bytes, sorted): what decides the embeddings."""
+    """SHA-256 of the weight file (what `sha256sum model.safetensors` prints); with several
+    weight files, of their names and bytes in sorted order."""
     files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"embedding model folder {folder} has no weight file "
                                 f"({', '.join(WEIGHT_SUFFIXES)})")
     h = hashlib.sha256()
     for f in files:
-        h.update(f.name.encode() + b"\0")
+        if len(files) > 1:
+            h.update(f.name.encode() + b"\0")
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
