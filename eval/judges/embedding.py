@@ -109,7 +109,14 @@ class Encoder:
         self._cache: dict[str, np.ndarray] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def key(text: str) -> str:
+        """What is embedded: a title and the same ask split out of it without its "?" (the
+        compound splitter strips it) are one text, so they are embedded once, and alike."""
+        return text.strip().rstrip("?").rstrip()
+
     def encode(self, texts: list[str]) -> np.ndarray:
+        texts = [self.key(t) for t in texts]
         with self._lock:
             todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
             # Longest first: batches of similar lengths waste less work on padding.

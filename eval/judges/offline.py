@@ -44,7 +44,7 @@ from pathlib import Path
 from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
 from eval.judges import JudgeItem
 from eval.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
-                                          LexicalSimilarity, extract_features)
+                                          LexicalSimilarity, extract_features, texts_to_embed)
 from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
 
 WEIGHTS_FORMAT = "fmdistill-offline-judge-weights/1"
@@ -263,4 +263,7 @@ class OfflineJudge:
                         "features": {k: round(v, 4) for k, v in fc.items()}})
 
     def judge_many(self, items: list[JudgeItem]) -> list[Verdict | str]:
+        if hasattr(self.sim, "prefetch"):   # embed everything in large batches first
+            self.sim.prefetch(t for it in items
+                              for t in texts_to_embed(it.input, (it.candidate, it.gold)))
         return [self.judge_one(it) for it in items]

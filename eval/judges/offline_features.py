@@ -148,6 +148,16 @@ def is_robotic(title: str) -> bool:
 
 
 # ---- similarity ----------------------------------------------------------------------------
+def texts_to_embed(task_input: str, results) -> list[str]:
+    """Every text extract_features may embed for these sets (for EmbeddingSimilarity.prefetch)."""
+    out = [task_input]
+    for r in results:
+        for q in r.questions:
+            out.append(q.title)
+            out += split_asks(q.title) + split_loose(q.title)
+    return out
+
+
 class LexicalSimilarity:
     """Stemmed content-word Jaccard averaged with a character-3-gram cosine; no model needed."""
     name = "lexical"
@@ -205,6 +215,10 @@ class EmbeddingSimilarity:
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         return self.encoder.encode(texts)
+
+    def prefetch(self, texts) -> None:
+        """Embed many texts in a few large batches (one forward per text is what costs)."""
+        self.encoder.encode(list(texts))
 
     def matrix(self, rows: list[str], cols: list[str], background: frozenset) -> np.ndarray:
         if not rows or not cols:
