@@ -11,7 +11,8 @@ reference answers of that domain keep asking about (dates, budget, who is involv
 How it is built (deterministic; no case is tuned by hand):
 - every reference question title of a domain (data/corpus/references, never the ruler) is
   embedded with the bundled all-MiniLM-L6-v2;
-- average-linkage agglomerative clustering on cosine distance, cut at SLOT_SIMILARITY;
+- average-linkage agglomerative clustering on cosine distance, cut at SLOT_SIMILARITY (looser,
+  in CUT_STEPS, for a domain that would otherwise have fewer than MIN_SLOTS slots);
 - a cluster is a slot when questions of at least MIN_TASKS different reference tasks fall in it
   ("frequent"); its weight is the share of the domain's reference tasks that ask it, its
   exemplar the member closest to all the others (the medoid);
@@ -37,6 +38,10 @@ import numpy as np
 INVENTORY_PATH = Path(__file__).resolve().parent / "slot_inventory.json"
 INVENTORY_FORMAT = "fmdistill-slot-inventory/1"
 SLOT_SIMILARITY = 0.55   # members of one slot are at least this similar on average (cosine)
+# A domain whose references phrase their common asks very differently may yield too few slots at
+# that cut; it is then cut looser, step by step, down to the last value (recorded per domain).
+CUT_STEPS = (0.55, 0.50, 0.45, 0.40)
+MIN_SLOTS = 3
 MIN_TASKS = 2            # a slot must be asked by this many different reference tasks
 MAX_SLOTS = 12           # per domain, most frequent first (more than seven: tasks differ)
 
@@ -57,13 +62,14 @@ def _unpack(text: str, rows: int, dim: int, where: str) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
 
 
-def cluster_domain(titles: list[str], task_ids: list[str], vecs: np.ndarray) -> list[dict]:
+def cluster_domain(titles: list[str], task_ids: list[str], vecs: np.ndarray,
+                   similarity: float = SLOT_SIMILARITY) -> list[dict]:
     """Frequent slots of one domain, most frequent first (ties: exemplar text)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     if len(titles) < 2:
         return []
     tree = linkage(vecs.astype(np.float64), method="average", metric="cosine")
-    labels = fcluster(tree, t=1.0 - SLOT_SIMILARITY, criterion="distance")
+    labels = fcluster(tree, t=1.0 - similarity, criterion="distance")
     n_tasks = len(set(task_ids))
     slots = []
     for lab in sorted(set(labels)):
@@ -97,9 +103,13 @@ def build_inventory(encoder=None) -> dict:
     for domain in sorted(by_domain):
         pairs = sorted(set(by_domain[domain]))
         titles = [p[0] for p in pairs]
-        slots = cluster_domain(titles, [p[1] for p in pairs], enc.encode(titles))
+        vecs = enc.encode(titles)
+        for cut in CUT_STEPS:
+            slots = cluster_domain(titles, [p[1] for p in pairs], vecs, cut)
+            if len(slots) >= MIN_SLOTS:
+                break
         centroid = enc.encode(sorted(inputs[domain])).mean(axis=0)
-        domains[domain] = {"n_references": len({p[1] for p in pairs}),
+        domains[domain] = {"n_references": len({p[1] for p in pairs}), "slot_similarity": cut,
                            "n_tasks": len(inputs[domain]), "slots": slots,
                            "centroid": centroid / np.linalg.norm(centroid)}
     names = sorted(domains)
