@@ -239,7 +239,10 @@ class OfflineJudge:
         if self.weights["dimensions"]["coverage"]["weights"].get("slot_coverage", 0.0):
             from eval.judges.slots import default_inventory
             self.slots = default_inventory()
-        self.prompt_hash = weights_identity(self.weights, self.sim.identity)
+        identity = self.sim.identity
+        if self.slots is not None:   # the inventory decides slot_coverage: part of the identity
+            identity += "|slots:" + self.slots.sha256
+        self.prompt_hash = weights_identity(self.weights, identity)
         # Recorded with every score: weights hash, backend and (embedding) the weights' SHA-256.
         self.name = f"offline@{self.prompt_hash[:12]}:{self.sim.short}"
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import sys
@@ -154,6 +155,7 @@ class SlotInventory:
             raise InventoryError(f"{path}: format is {obj['format']!r}, expected "
                                  f"{INVENTORY_FORMAT!r}")
         self.path = path
+        self.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         self.built_with = obj["built_with"]
         self.domains = sorted(obj["domains"])
         self.slots = {d: obj["domains"][d]["slots"] for d in self.domains}
