@@ -1,7 +1,13 @@
 """Fit the offline judge to recorded real-judge verdicts and report how well it agrees.
 
-  python -m eval.calibrate --verdicts FILE [--out weights.json] [--holdout 0.3] [--seed 0]
-                           [--ridge 0.001] [--embedding-model DIR]
+  python -m eval.calibrate [--verdicts FILE] [--offline-backend embedding|lexical|both]
+                           [--out weights.json] [--holdout 0.3] [--seed 0] [--ridge 0.001]
+                           [--per-domain 2] [--write-set FILE] [--embedding-model DIR]
+
+Without --verdicts it uses the project's own calibration set (eval.calibration_set: 252
+candidates from the bundled references, paraphrased gold down to off-topic, each with an
+expected verdict and rank level) and reports lexical and embedding side by side; the report
+then adds the rank-level ordering accuracy. --out needs a single backend.
 
 FILE holds judged records (eval.records format; `python -m eval.judge export-records` writes the
 anthropic judge's cache in it). Records with a verdict, a gold and a candidate and no error are
