@@ -1,7 +1,13 @@
 """Fit the offline judge to recorded real-judge verdicts and report how well it agrees.
 
-  python -m eval.calibrate --verdicts FILE [--out weights.json] [--holdout 0.3] [--seed 0]
-                           [--ridge 0.001] [--embedding-model DIR]
+  python -m eval.calibrate [--verdicts FILE] [--offline-backend embedding|lexical|both]
+                           [--out weights.json] [--holdout 0.3] [--seed 0] [--ridge 0.001]
+                           [--per-domain 2] [--write-set FILE] [--embedding-model DIR]
+
+Without --verdicts it uses the project's own calibration set (eval.calibration_set: 252
+candidates from the bundled references, paraphrased gold down to off-topic, each with an
+expected verdict and rank level) and reports lexical and embedding side by side; the report
+then adds the rank-level ordering accuracy. --out needs a single backend.
 
 FILE holds judged records (eval.records format; `python -m eval.judge export-records` writes the
 anthropic judge's cache in it). Records with a verdict, a gold and a candidate and no error are
@@ -35,10 +41,11 @@ import numpy as np
 
 from data.contract import RUBRIC_DIMENSIONS
 from data.leak import normalize_input
-from eval.judges.offline import (DEFAULT_WEIGHTS, OfflineJudge, pairwise_decision,
-                                 pairwise_margin, predict_scores, validate_weights)
+from eval.judges.offline import (BACKENDS, DEFAULT_WEIGHTS, OfflineJudge, default_weights,
+                                 pairwise_decision, pairwise_margin, predict_scores,
+                                 validate_weights)
 from eval.judges.offline_features import FEATURES
-from eval.records import JudgedRecord, RecordError, read_records
+from eval.records import JudgedRecord, RecordError, read_records, write_records
 from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, PAIRWISE_VALUE, Verdict, case_quality
 
 PAIRWISE_SIGN = {GOLD_BETTER: -1.0, "tie": 0.0, CANDIDATE_BETTER: 1.0}
@@ -118,8 +125,7 @@ def fit_band(d: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 
 def fit_weights(examples: list[Example], *, ridge: float, similarity: str) -> dict:
     from scipy.optimize import nnls
-    w = copy.deepcopy(DEFAULT_WEIGHTS)
-    w["similarity"] = similarity
+    w = default_weights(similarity)
     for dim in RUBRIC_DIMENSIONS:
         names = FEATURES[dim]
         x = np.array([[e.cand_features[k] for k in names] for e in examples])
@@ -155,7 +161,7 @@ def agreement(examples: list[Example], weights: dict) -> dict:
     from scipy.stats import spearmanr
     if not examples:
         return {"n": 0, "spearman_quality": None, "pairwise_accuracy": None,
-                "mae": {d: None for d in RUBRIC_DIMENSIONS}}
+                "mae": {d: None for d in RUBRIC_DIMENSIONS}, "ordering_accuracy": None}
     preds = [predict_verdict(e, weights) for e in examples]
     real_q = [case_quality(e.record.verdict, e.record.spec_passed) for e in examples]
     pred_q = [case_quality(p, e.record.spec_passed) for p, e in zip(preds, examples)]
@@ -166,18 +172,23 @@ def agreement(examples: list[Example], weights: dict) -> dict:
                          for p, e in zip(preds, examples)]))
     mae = {d: float(np.mean([abs(p.rubric[d] - e.record.verdict.rubric[d])
                              for p, e in zip(preds, examples)])) for d in RUBRIC_DIMENSIONS}
+    # Only the project's own calibration set knows each candidate's rank level.
+    from eval.calibration_set import ordering_accuracy
+    order = ordering_accuracy([e.record for e in examples], pred_q)
     return {"n": len(examples), "spearman_quality": rho, "pairwise_accuracy": acc, "mae": mae,
+            "ordering_accuracy": order,
             "real_pairwise": {k: sum(e.record.verdict.pairwise == k for e in examples)
                               for k in PAIRWISE_VALUE}}
 
 
 def calibrate(records: list[JudgedRecord], *, holdout: float = 0.3, seed: int = 0,
-              ridge: float = 1e-3, embedding_model=None) -> tuple[dict, dict]:
+              ridge: float = 1e-3, embedding_model=None, backend=None, judge=None
+              ) -> tuple[dict, dict]:
     """(fitted weights, report). The weights are fitted on the training split only."""
     if not 0 <= holdout < 1:
         raise CalibrationError(f"--holdout must be in [0, 1), got {holdout}")
     use, skipped = usable(records)
-    judge = OfflineJudge(embedding_model=embedding_model)
+    judge = judge or OfflineJudge(embedding_model=embedding_model, backend=backend)
     train_idx, test_idx = split_by_input(use, holdout, seed)
     min_train = max(len(v) for v in FEATURES.values()) + 2
     if len(train_idx) < min_train:
@@ -193,13 +204,13 @@ def calibrate(records: list[JudgedRecord], *, holdout: float = 0.3, seed: int = 
     train = [examples[i] for i in train_idx]
     test = [examples[i] for i in test_idx] or train
     weights = fit_weights(train, ridge=ridge, similarity=judge.sim.name)
-    default = copy.deepcopy(DEFAULT_WEIGHTS)
-    default["similarity"] = judge.sim.name
+    default = default_weights(judge.sim.name)
     report = {
         "n_records": len(records), "n_used": len(use), "n_skipped": skipped,
         "n_train": len(train_idx), "n_holdout": len(test_idx),
         "evaluated_on": "held-out split" if test_idx else "training split (in-sample: --holdout 0)",
         "holdout": holdout, "seed": seed, "ridge": ridge, "similarity": judge.sim.name,
+        "judge": judge.name,
         "fitted": agreement(test, weights), "defaults": agreement(test, default),
     }
     return weights, report
@@ -220,6 +231,9 @@ def render_report(report: dict, console=None) -> None:
     t.add_row("pairwise accuracy", fmt(f["pairwise_accuracy"]), fmt(d["pairwise_accuracy"]))
     for dim in RUBRIC_DIMENSIONS:
         t.add_row(f"MAE {dim}", fmt(f["mae"][dim]), fmt(d["mae"][dim]))
+    if f.get("ordering_accuracy") is not None:
+        t.add_row("rank-level ordering accuracy", fmt(f["ordering_accuracy"]),
+                  fmt(d["ordering_accuracy"]))
     console.print(t)
     real = f.get("real_pairwise") or {}
     if real:
@@ -229,32 +243,88 @@ def render_report(report: dict, console=None) -> None:
                   f"({report['n_train']} train / {report['n_holdout']} held out, split by input, "
                   f"seed {report['seed']}), {report['n_skipped']} skipped; similarity "
                   f"{report['similarity']}, ridge {report['ridge']}")
+    if report.get("judge"):
+        console.print(f"offline judge: {report['judge']}")
+
+
+def render_side_by_side(reports: dict, title: str, console=None) -> None:
+    """One table: each backend's fitted and default agreement on the same held-out split."""
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"   # noqa: E731
+    t = Table(title=title, title_justify="left")
+    t.add_column("agreement")
+    for b in reports:
+        t.add_column(f"{b} fitted", justify="right")
+        t.add_column(f"{b} defaults", justify="right")
+    rows = [("Spearman of case quality", lambda a: a["spearman_quality"]),
+            ("pairwise accuracy", lambda a: a["pairwise_accuracy"]),
+            ("rank-level ordering accuracy", lambda a: a.get("ordering_accuracy"))]
+    rows += [(f"MAE {d}", (lambda d: lambda a: a["mae"][d])(d)) for d in RUBRIC_DIMENSIONS]
+    for label, get in rows:
+        cells = [fmt(get(r[k])) for r in reports.values() for k in ("fitted", "defaults")]
+        if any(c != "n/a" for c in cells):
+            t.add_row(label, *cells)
+    console.print(t)
+    for b, r in reports.items():
+        console.print(f"{b}: judge {r.get('judge')}; {r['n_train']} train / {r['n_holdout']} "
+                      f"held out records, split by input, seed {r['seed']}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--verdicts", required=True, help="judged records with real-judge verdicts")
+    p.add_argument("--verdicts", default=None,
+                   help="judged records with real-judge verdicts (default: the project's own "
+                        "calibration set, eval.calibration_set)")
     p.add_argument("--out", default=None, help="write the fitted weights here (JSON)")
     p.add_argument("--holdout", type=float, default=0.3, help="share of inputs held out (0.3)")
     p.add_argument("--seed", type=int, default=0, help="split seed (0)")
     p.add_argument("--ridge", type=float, default=1e-3, help="ridge strength (0.001)")
+    p.add_argument("--offline-backend", choices=BACKENDS + ("both",), default=None,
+                   help="similarity backend to fit: embedding, lexical or both side by side "
+                        "(default: both for the calibration set, else the judge's default)")
+    p.add_argument("--per-domain", type=int, default=2,
+                   help="calibration set: reference tasks per domain, x7 candidates (2 -> 252)")
+    p.add_argument("--write-set", default=None,
+                   help="also write the calibration set as judged records (JSONL)")
     p.add_argument("--embedding-model", default=None,
-                   help="local sentence-embedding folder (default: lexical similarity)")
+                   help="local sentence-embedding folder (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--report-json", default=None, help="also write the report as JSON")
     args = p.parse_args(argv)
+    backend = args.offline_backend or ("both" if args.verdicts is None else None)
+    if backend == "both" and args.out:
+        p.error("--out needs one backend: pass --offline-backend embedding or lexical")
     try:
-        records = read_records(args.verdicts)
-        weights, report = calibrate(records, holdout=args.holdout, seed=args.seed,
-                                    ridge=args.ridge, embedding_model=args.embedding_model)
-    except (RecordError, CalibrationError) as e:
+        if args.verdicts:
+            records = read_records(args.verdicts)
+        else:
+            from eval.calibration_set import build_calibration_set
+            records = build_calibration_set(per_domain=args.per_domain, seed=args.seed)
+            if args.write_set:
+                write_records(args.write_set, records)
+        backends = BACKENDS if backend == "both" else (backend,)
+        results = {}
+        for b in backends:
+            results[b or "default"] = calibrate(
+                records, holdout=args.holdout, seed=args.seed, ridge=args.ridge,
+                embedding_model=args.embedding_model if b != "lexical" else None, backend=b)
+    except (RecordError, CalibrationError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    render_report(report)
-    report["source"] = str(args.verdicts)
-    report["source_sha256"] = hashlib.sha256(Path(args.verdicts).read_bytes()).hexdigest()
-    report["fitted_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = args.verdicts or f"calibration set (eval.calibration_set, {len(records)} triples)"
+    for weights, report in results.values():
+        render_report(report)
+        report["source"] = str(source)
+        if args.verdicts:
+            report["source_sha256"] = hashlib.sha256(Path(args.verdicts).read_bytes()).hexdigest()
+        report["fitted_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if len(results) > 1:
+        render_side_by_side({b: r for b, (_, r) in results.items()},
+                            f"Lexical vs embedding on {source}")
     if args.out:
+        weights, report = next(iter(results.values()))
         weights["calibration"] = report
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(args.out).with_suffix(".tmp")
@@ -264,7 +334,11 @@ def main(argv=None) -> int:
         print(f"wrote {args.out} (use: python -m eval.judge --judge offline --weights {args.out};"
               f" judge name {name})")
     if args.report_json:
-        Path(args.report_json).write_text(json.dumps(report, indent=2) + "\n")
+        out = {b: r for b, (_, r) in results.items()}
+        out = next(iter(out.values())) if len(out) == 1 else out
+        tmp = Path(args.report_json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(out, indent=2) + "\n")
+        tmp.replace(args.report_json)
     return 0
 
 

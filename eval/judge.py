@@ -12,7 +12,8 @@ violations are kept); the passing ones are judged; the judged records are writte
 verified first: nothing is scored on a ruler that does not match its manifest.
 
 `offline` is a deterministic proxy (no network) whose numbers are not comparable with published
-ones; `anthropic` is the Sonnet judge of the reference (ANTHROPIC_API_KEY from the environment).
+ones; its similarity backend is sentence embeddings (bundled all-MiniLM-L6-v2) unless
+`--offline-backend lexical`, and its name (offline@<hash>:<backend>) says which; `anthropic` is the Sonnet judge of the reference (ANTHROPIC_API_KEY from the environment).
 `export-records` turns the anthropic judge's verdict cache into judged records (for calibration).
 """
 from __future__ import annotations
@@ -79,9 +80,11 @@ def build_judge(args):
             raise ValueError("--swap and --samples apply to the anthropic judge only (the offline "
                              "judge is deterministic)")
         return get_judge("offline", weights_path=args.weights,
-                         embedding_model=args.embedding_model)
-    if args.weights or args.embedding_model:
-        raise ValueError("--weights and --embedding-model apply to the offline judge only")
+                         embedding_model=args.embedding_model,
+                         backend=getattr(args, "offline_backend", None))
+    if args.weights or args.embedding_model or getattr(args, "offline_backend", None):
+        raise ValueError("--weights, --embedding-model and --offline-backend apply to the "
+                         "offline judge only")
     opts = {"swap": args.swap, "samples": args.samples, "progress": True}
     for key in ("model", "cache_path", "concurrency"):
         if getattr(args, key) is not None:
@@ -153,8 +156,11 @@ def main(argv=None) -> int:
     p.add_argument("--cache", dest="cache_path", default=None, help="anthropic: verdict cache")
     p.add_argument("--concurrency", type=int, default=None, help="anthropic: parallel requests")
     p.add_argument("--weights", default=None, help="offline: fitted weights from eval.calibrate")
+    p.add_argument("--offline-backend", choices=("embedding", "lexical"), default=None,
+                   help="offline: similarity backend (default embedding: the bundled "
+                        "all-MiniLM-L6-v2; $FMDISTILL_OFFLINE_BACKEND overrides the default)")
     p.add_argument("--embedding-model", default=None,
-                   help="offline: local sentence-embedding folder (default: lexical similarity)")
+                   help="offline: another local sentence-embedding folder (embedding backend)")
     p.add_argument("--out", default=None, help="write the judged records here (JSONL)")
     p.add_argument("--experiment", default=None, help="label stored in every record")
     p.add_argument("--scorecard-json", default=None, help="also write the scorecard as JSON")

@@ -236,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--judge-concurrency", type=int, default=None,
                    help="anthropic: parallel requests")
     p.add_argument("--weights", default=None, help="offline: fitted weights (eval.calibrate)")
+    p.add_argument("--offline-backend", choices=("embedding", "lexical"), default=None,
+                   help="offline: similarity backend (default embedding: bundled MiniLM)")
     p.add_argument("--k", type=int, default=DEFAULT_K, help="retrieval: demonstrations per case")
     p.add_argument("--pool", default=None,
                    help="retrieval: gold/SFT JSONL file or folder (default: bundled references)")
@@ -250,12 +252,14 @@ def main(argv=None) -> int:
     if args.judge == "offline":
         if args.weights:
             opts["weights_path"] = args.weights
+        if args.offline_backend:
+            opts["backend"] = args.offline_backend
         if args.judge_model or args.judge_cache or args.judge_concurrency:
             p.error("--judge-model, --judge-cache and --judge-concurrency apply to the anthropic "
                     "judge only")
     else:
-        if args.weights:
-            p.error("--weights applies to the offline judge only")
+        if args.weights or args.offline_backend:
+            p.error("--weights and --offline-backend apply to the offline judge only")
         opts.update({k: v for k, v in (("model", args.judge_model),
                                        ("cache_path", args.judge_cache),
                                        ("concurrency", args.judge_concurrency)) if v})

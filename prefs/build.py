@@ -127,6 +127,7 @@ def build_judge_from_args(args):
     from eval.judge import build_judge
     ns = argparse.Namespace(judge=args.judge, swap=args.judge_swap, samples=args.judge_samples,
                             weights=args.judge_weights, embedding_model=args.embedding_model,
+                            offline_backend=args.offline_backend,
                             model=args.judge_model, cache_path=args.judge_cache,
                             concurrency=args.judge_concurrency)
     return build_judge(ns)
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--judge-samples", type=int, default=1, help="anthropic: judge K times")
     g.add_argument("--judge-weights", default=None, help="offline: fitted weights")
     g.add_argument("--embedding-model", default=None, help="offline: local embedding folder")
+    g.add_argument("--offline-backend", choices=("embedding", "lexical"), default=None,
+                   help="offline: similarity backend (default embedding)")
     g.add_argument("--margin", type=float, default=PrefsOptions.margin,
                    help="minimum case-quality gap chosen - rejected, 0..1 (0.1)")
     g.add_argument("--max-pairs-per-task", type=int, default=PrefsOptions.max_pairs_per_task)

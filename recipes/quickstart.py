@@ -173,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(("dashboard", str(dash), 0.0))
     rows.append(("experiment log", str(db), 0.0))
 
-    table = Table(title="ruler scores (offline judge, a proxy; stand-in, a toy)")
+    # The judge's name carries its similarity backend and weights hash (the README's table
+    # says which judge produced its numbers; they are only comparable under the same name).
+    judge_name = scores["base"][0].get("judge") or "offline"
+    table = Table(title=f"ruler scores (judge {judge_name}, a proxy; stand-in, a toy)")
     for col in ("stage", "quality (95% CI)", "spec-pass", "W/T/L", "coverage", "seconds"):
         table.add_column(col)
     for label in ("base", "sft", "orpo"):

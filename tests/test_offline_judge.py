@@ -78,7 +78,8 @@ def test_questions_from_another_task_lose(cases, judge):
 
 def test_deterministic_name_and_registry(cases):
     a, b = OfflineJudge(), get_judge("offline")
-    assert a.name == b.name and a.name.startswith("offline@") and len(a.name) == 20
+    assert a.name == b.name and a.name.startswith("offline@") and a.name.endswith(":lexical")
+    assert len(a.name) == len("offline@") + 12 + len(":lexical")
     items = [JudgeItem(c.input, c.gold, filler_variant(c.gold)) for c in cases[:5]]
     assert [v.to_dict() for v in a.judge_many(items)] == [v.to_dict() for v in b.judge_many(items)]
 
@@ -141,5 +142,6 @@ def test_local_embedding_model_is_used_when_given(tmp_path, cases):
         path = tmp_path / "lexical.json"
         path.write_text(json.dumps(DEFAULT_WEIGHTS))
         OfflineJudge(weights_path=path, embedding_model=folder)
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    assert j.name.split(":", 1)[1].startswith("embedding/tiny-embedder/")
+    with pytest.raises(FileNotFoundError, match="no config.json|no weight file"):
         OfflineJudge(embedding_model=tmp_path)

@@ -147,6 +147,7 @@ PLAN: dict[str, Step] = {
     "python bench/distill_concurrency.py": Step("run", timeout=400),
     "python bench/generation.py --threads 1": Step("run", timeout=400),
     "python bench/export.py": Step("run", timeout=400),
+    "python bench/offline_judge.py --threads 1": Step("run", ["--repeat", "1"], timeout=400),
 }
 
 

@@ -2,7 +2,8 @@
 
 A judge returns, per item, a Verdict or an error string (an error is recorded, never scored).
 `name` on the judge object is the identity recorded with every score (e.g.
-"offline@<weights hash>" or "anthropic:claude-sonnet-4-6"); `prompt_hash` identifies the prompt.
+"offline@<weights hash>:<backend>" or "anthropic:claude-sonnet-4-6"); `prompt_hash` identifies the
+prompt.
 """
 from __future__ import annotations
 

