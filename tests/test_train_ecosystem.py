@@ -68,3 +68,16 @@ def test_packing_keeps_the_completion_mask(standin_dir, small_data, tmp_path):
     pos = batch["position_ids"][0].tolist()
     # Position ids restart at 0 where each packed sequence begins.
     assert pos[0] == 0 and pos.count(0) >= 2
+
+
+def test_throughput_bench_measures_one_lora_step_on_the_tiny_shape():
+    import importlib.util
+
+    from conftest import REPO
+    spec = importlib.util.spec_from_file_location("train_throughput",
+                                                  REPO / "bench" / "train_throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.one_step_figures("tiny", "cpu", batch=1, seq=32, steps=1)
+    assert r["tok_s"] > 0 and r["params_b"] > 0 and r["mfu"] is None  # no honest CPU peak
+    bench.print_table([r])
