@@ -25,6 +25,18 @@ def test_every_stage_takes_report_to_and_rejects_a_bad_tracker(cls):
         load_config(cls, None, {"report_to": "tensorbored"})
 
 
+def test_a_tracker_that_is_not_installed_is_named():
+    import importlib.util
+
+    from train.common import check_report_to
+    check_report_to("none")
+    check_report_to("tensorboard")  # pinned in the dev extra
+    missing = [t for t in ("wandb", "mlflow", "trackio") if importlib.util.find_spec(t) is None]
+    for t in missing:
+        with pytest.raises(ConfigError, match=f"report_to: {t} needs the '{t}' package"):
+            check_report_to(t)
+
+
 def test_liger_is_refused_off_cuda(standin_dir, small_data, tmp_path):
     cfg = tiny_sft_config(standin_dir, small_data, tmp_path / "run", max_steps=1,
                           use_liger_kernel=True, device="cpu")

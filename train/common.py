@@ -77,10 +77,22 @@ def check_liger(use_liger: bool, device: str) -> None:
                           "use_liger_kernel: false")
 
 
+def check_report_to(report_to: str) -> None:
+    """A tracker that is not installed fails here, naming the key and the install, rather than
+    inside transformers' callback set-up after the model is loaded."""
+    import importlib.util
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        extra = " (pip install -c constraints.txt -e '.[tracking]')" \
+            if report_to == "tensorboard" else ""
+        raise ConfigError(f"report_to: {report_to} needs the {report_to!r} package, which is "
+                          f"not installed{extra}")
+
+
 def trainer_args_kwargs(cfg: TrainingFields, out: Path, has_val: bool, device: str,
                         precision: str) -> dict:
     """The TrainingArguments every stage shares (TRL's SFTConfig and ORPOConfig both take them)."""
     check_liger(cfg.use_liger_kernel, device)
+    check_report_to(cfg.report_to)
     return dict(
         output_dir=str(out / "checkpoints"), learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
