@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from data.contract import PROMPT_HASH
 from train.config import ConfigError, config_hash, config_help, load_cli_config
@@ -59,11 +60,39 @@ class TrainingFields(LoraFields):
     resume_from_checkpoint: str | None = field(default=None,
                                                metadata={"help": "latest | PATH"})
     progress: bool = True
+    # Literal: load_config rejects any other value naming the key and the choices.
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = field(
+        default="none", metadata={"help": "none | tensorboard | wandb | mlflow | trackio; "
+                                          "tensorboard writes OUTPUT_DIR/checkpoints/runs/ (or $TENSORBOARD_LOGGING_DIR)"})
+    use_liger_kernel: bool = field(default=False, metadata={
+        "help": "Liger's fused Triton kernels (CUDA only; refused on CPU/MPS)"})
+
+
+def check_liger(use_liger: bool, device: str) -> None:
+    """Liger's kernels are Triton, which runs only on CUDA; on CPU/MPS transformers would fail
+    deep inside patching (or silently not patch), so refuse up front, naming the key."""
+    if use_liger and device != "cuda":
+        raise ConfigError(f"use_liger_kernel: true needs a CUDA device (Liger's kernels are "
+                          f"Triton); this run resolved device={device!r}. Set "
+                          "use_liger_kernel: false")
+
+
+def check_report_to(report_to: str) -> None:
+    """A tracker that is not installed fails here, naming the key and the install, rather than
+    inside transformers' callback set-up after the model is loaded."""
+    import importlib.util
+    if report_to != "none" and importlib.util.find_spec(report_to) is None:
+        extra = " (pip install -c constraints.txt -e '.[tracking]')" \
+            if report_to == "tensorboard" else ""
+        raise ConfigError(f"report_to: {report_to} needs the {report_to!r} package, which is "
+                          f"not installed{extra}")
 
 
 def trainer_args_kwargs(cfg: TrainingFields, out: Path, has_val: bool, device: str,
                         precision: str) -> dict:
     """The TrainingArguments every stage shares (TRL's SFTConfig and ORPOConfig both take them)."""
+    check_liger(cfg.use_liger_kernel, device)
+    check_report_to(cfg.report_to)
     return dict(
         output_dir=str(out / "checkpoints"), learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
@@ -75,7 +104,8 @@ def trainer_args_kwargs(cfg: TrainingFields, out: Path, has_val: bool, device: s
         data_seed=cfg.seed, logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy="epoch" if has_val else "no",
-        gradient_checkpointing=cfg.gradient_checkpointing, report_to="none",
+        gradient_checkpointing=cfg.gradient_checkpointing, report_to=cfg.report_to,
+        use_liger_kernel=cfg.use_liger_kernel,
         disable_tqdm=not cfg.progress, dataloader_num_workers=0,
         **trainer_precision_kwargs(device, precision))
 

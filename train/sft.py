@@ -12,9 +12,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from data.appendlog import write_json_atomically
 from data.corpus import ruler_inputs
+from data.formats import FormatError, load_rows, prompt_mismatches, row_inputs
 from data.leak import LeakGuard
 from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
                           new_run_id, plot_curves, resolve_runtime, run_record, stage_main,
@@ -25,32 +27,37 @@ from train.config import ConfigError
 @dataclass
 class SFTRunConfig(TrainingFields):
     train_file: str = field(default="runs/data/sft/train.jsonl",
-                            metadata={"help": "prompt/completion JSONL from python -m data.sft"})
+                            metadata={"help": "JSONL file or datasets folder (see data_format)"})
+    data_format: Literal["auto", "prompt_completion", "apple", "messages"] = field(
+        default="auto", metadata={"help": "auto | prompt_completion (python -m data.sft) | apple "
+                                          "(toolkit message arrays) | messages (HF chat)"})
+    packing: bool = field(default=False, metadata={
+        "help": "padding-free packing: sequences concatenated, position ids reset per sequence"})
 
 
 def _load_datasets(cfg):
-    from datasets import load_dataset
+    """(train, val, train rows): any supported format converted to prompt/completion rows."""
+    from datasets import Dataset
 
     for name in ("train_file", "val_file"):
         p = getattr(cfg, name)
         if p and not Path(p).exists():
             raise FileNotFoundError(f"{name} {p} does not exist; build it with "
                                     "`python -m data.sft` (or point the config at your data)")
-    train = load_dataset("json", data_files=cfg.train_file, split="train")
-    val = load_dataset("json", data_files=cfg.val_file, split="train") if cfg.val_file else None
-    keep = ["prompt", "completion"]
-    for ds, name in ((train, cfg.train_file), (val, cfg.val_file)):
-        if ds is not None and not set(keep) <= set(ds.column_names):
-            raise ConfigError(f"{name}: expected prompt/completion records (columns {keep}), "
-                              f"found {ds.column_names}")
-    train = train.remove_columns([c for c in train.column_names if c not in keep])
-    if val is not None:
-        val = val.remove_columns([c for c in val.column_names if c not in keep])
-    return train, val
+    try:
+        rows, _ = load_rows(cfg.train_file, cfg.data_format)
+        val_rows = load_rows(cfg.val_file, cfg.data_format)[0] if cfg.val_file else None
+    except FormatError as e:
+        raise ConfigError(str(e)) from None
+    strip = lambda rs: [{"prompt": r["prompt"], "completion": r["completion"]} for r in rs]
+    train = Dataset.from_list(strip(rows))
+    val = Dataset.from_list(strip(val_rows)) if val_rows else None
+    return train, val, rows
 
 
 def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int) -> dict:
-    """What run.json says about the data, including every training input for eval's leak check."""
+    """What run.json says about a prompt/completion or preference file (ORPO and train.prefs),
+    including every training input for eval's leak check."""
     inputs = training_inputs(train_file)
     leaks = LeakGuard(ruler_inputs()).find_leaks((f"{train_file}#{i + 1}", t)
                                                  for i, t in enumerate(inputs))
@@ -58,6 +65,26 @@ def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int)
             "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
             "n_train": n_train, "n_val": n_val, "inputs": inputs,
             "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks]}
+
+
+def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_val: int) -> dict:
+    """data_record for SFT rows of any format (data.formats): the same leak guard over the
+    converted rows' inputs, with file:line locations, plus the system prompt check."""
+    inputs = row_inputs(rows)
+    leaks = LeakGuard(ruler_inputs()).find_leaks((r["where"], t) for r, t in zip(rows, inputs))
+    return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
+            "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
+            "n_train": len(rows), "n_val": n_val, "inputs": inputs,
+            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks],
+            "prompt_mismatches": prompt_mismatches(rows)}
+
+
+def warn_prompt_mismatches(data: dict) -> None:
+    if data["prompt_mismatches"]:
+        shown = data["prompt_mismatches"][:5]
+        print(f"WARNING: {len(data['prompt_mismatches'])} training row(s) do not use the "
+              "contract's planner system prompt, which export and eval use:\n  "
+              + "\n  ".join(shown), file=sys.stderr)
 
 
 def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
@@ -71,13 +98,18 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
-    train_ds, val_ds = _load_datasets(cfg)
+    train_ds, val_ds, rows = _load_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision)
-    data = data_record(cfg.train_file, cfg.val_file, len(train_ds), len(val_ds or []))
+    data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []))
     warn_ruler_leaks(data)
+    warn_prompt_mismatches(data)
     has_val = val_ds is not None and len(val_ds) > 0
-    args = SFTConfig(completion_only_loss=True,
+    # Packing: TRL's best-fit-decreasing packing is padding-free (no pad tokens; position ids
+    # restart at 0 for each sequence so RoPE sees each example as if alone); the completion
+    # mask is packed with the tokens, so the loss still covers only the answers.
+    pack = dict(packing=True, packing_strategy="bfd", padding_free=True) if cfg.packing else {}
+    args = SFTConfig(completion_only_loss=True, **pack,
                      **trainer_args_kwargs(cfg, out, has_val, device, precision))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
                          eval_dataset=val_ds if has_val else None, processing_class=tokenizer,

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# One prepared GPU check (issue 17): one LoRA SFT step with gradient checkpointing, bf16, on
+# random-init full-size Qwen2.5-3B and AFM text v7 shapes; prints one table (tokens/s, peak
+# memory, MFU). Needs a CUDA machine and the project's .venv (make venv); nothing from the hub.
+# Bounded to under 5 minutes: the build is on the meta device, then 1 warm-up + 2 timed steps.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+"$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "gpu-check: no CUDA device")'
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+timeout 280 "$PY" bench/train_throughput.py --model-config tiny qwen2.5-3b afm-text-v7 \
+    --batch "${BATCH:-4}" --seq "${SEQ:-1024}" --steps "${STEPS:-2}" 2>&1 \
+    | grep -v -e Warning -e 'warnings.warn'
