@@ -65,19 +65,18 @@ def load_tasks(cfg):
 
 
 def build_judge(cfg):
-    from eval.judges import get_judge
-    if cfg.judge == "offline":
-        return get_judge("offline", weights_path=cfg.judge_weights)
-    opts = {"model": cfg.judge_model, "progress": False}
-    if cfg.judge_cache:
-        opts["cache_path"] = cfg.judge_cache
-    if cfg.judge_concurrency:
-        opts["concurrency"] = cfg.judge_concurrency
-    from data.redaction import MissingKeyError
+    """The judge through eval.judge's own option handling (shared verdict cache and defaults)."""
+    import argparse
+
+    from eval.judge import build_judge as build_eval_judge
+    ns = argparse.Namespace(judge=cfg.judge, swap=False, samples=1, weights=cfg.judge_weights,
+                            embedding_model=None, offline_backend=None,
+                            model=cfg.judge_model if cfg.judge == "anthropic" else None,
+                            cache_path=cfg.judge_cache, concurrency=cfg.judge_concurrency)
     try:
-        return get_judge("anthropic", **opts)
-    except MissingKeyError as e:
-        raise ConfigError(str(e)) from None
+        return build_eval_judge(ns)
+    except ValueError as e:
+        raise ConfigError(f"judge: {e}") from None
 
 
 def confirm_spend(cfg, estimate: dict) -> None:

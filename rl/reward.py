@@ -4,7 +4,6 @@ default); a passing one gets the judge's case quality against that task's gold, 
 eval averages over the ruler (0.5 x normalised rubric + 0.5 x head-to-head)."""
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 from data.contract import (JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, DiscoveryResult, parse_assistant,
@@ -47,7 +46,6 @@ class PlannerReward:
         self.judge, self.fail_reward = judge, fail_reward
         self.__name__ = "planner_quality"     # the name TRL logs the reward under
         self.stats = RewardStats()
-        self._lock = threading.Lock()
 
     def __call__(self, prompts, completions, gold, task_input, **_) -> list[float]:
         rewards = [self.fail_reward] * len(completions)

@@ -88,7 +88,7 @@ def keep_best(reward: PlannerReward, tasks, greedy: list[str], samples: list[lis
     scores = reward([None] * len(flat), [t for _, t in flat],
                     gold=[tasks[i]["gold"] for i, _ in flat],
                     task_input=[tasks[i]["task_input"] for i, _ in flat])
-    kept, per = [], 1 + len(samples[0]) if samples else 1
+    kept, per = [], 1 + len(samples[0])       # greedy first, then the samples
     greedy_q, best_q = [], []
     for i, task in enumerate(tasks):
         block = scores[i * per:(i + 1) * per]
