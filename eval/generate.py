@@ -42,7 +42,15 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
                    batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
                    top_p: float = 1.0, num_return_sequences: int = 1, seed: int | None = None,
                    progress: bool = False) -> list[list[str]]:
-    """Raw completions per prompt (a list of `num_return_sequences` strings each)."""
+    """Raw completions per prompt (a list of `num_return_sequences` strings each). `model` may
+    also be train.mlx.generate's MLXEngineModel (--engine mlx): the same call runs on MLX."""
+    if getattr(model, "is_mlx_engine", False):
+        from train.mlx.generate import generate_texts_mlx
+        return generate_texts_mlx(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size, do_sample=do_sample,
+                                  temperature=temperature, top_p=top_p,
+                                  num_return_sequences=num_return_sequences, seed=seed,
+                                  progress=progress)
     import torch
     from tqdm.auto import tqdm
 

@@ -40,6 +40,8 @@ from eval.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
 from eval.ruler import RulerError, load_ruler
 
+ENGINES = ("torch", "mlx")
+
 LEVERS = ("inference", "prompt", "pipeline", "sft", "orpo", "dpo", "ipo", "simpo", "kto", "grpo",
           "rloo", "rft", "data", "other")
 
@@ -86,6 +88,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
              max_new_tokens: int = 640, batch_size: int = 16, swap: bool = False,
              samples: int = 1, k: int = DEFAULT_K, pool=None, ruler_dir=None,
              judge_options: dict | None = None, device: str = "auto", precision: str = "fp32",
+             engine: str = "torch", kv_quant: str = "off",
              progress: bool = True, console=None, quiet: bool = False) -> dict:
     """Generate, gate, judge, score, write and log one experiment; returns its summary dict.
 
@@ -97,6 +100,8 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     from eval.judge import judge_candidates
     from train.models import load_with_adapter, pick_device
     console = console or Console(quiet=quiet)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}; choose one of {', '.join(PIPELINES)}")
     if not label or not note:
@@ -119,11 +124,16 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     if out_dir and (out / "cases.json").exists():
         raise ValueError(f"{out} already holds an evaluation; choose another --out-dir or --label")
 
-    dev = pick_device(device)
+    dev = pick_device(device) if engine == "torch" else "mlx"
     trained_on = (run_json or {}).get("base_model") or {}
     try:
-        model, tokenizer, base_info = load_with_adapter(base, adapter, precision=precision,
-                                                        device=dev)
+        if engine == "mlx":
+            from train.mlx.generate import load_mlx_engine
+            model, tokenizer, base_info = load_mlx_engine(base, adapter, precision=precision,
+                                                          kv_quant=kv_quant)
+        else:
+            model, tokenizer, base_info = load_with_adapter(base, adapter, precision=precision,
+                                                            device=dev, kv_quant=kv_quant)
     except RuntimeError as e:   # typically a shape mismatch: the adapter belongs to another base
         first = str(e).strip().splitlines()[:2]
         raise ValueError(f"cannot load adapter {adapter} on base {base}: {' '.join(first)}"
@@ -143,11 +153,15 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     config = {"base": base_info, "adapter": str(adapter) if adapter else None,
               "adapter_hash": adapter_hash(adapter) if adapter else None,
               "generation": opts.describe(pipeline), "batch_size": batch_size, "device": dev,
-              "precision": precision, "prompt_hash": PROMPT_HASH, "judge": judge_name,
+              "precision": precision, "engine": engine, "kv_quant": kv_quant,
+              "prompt_hash": PROMPT_HASH, "judge": judge_name,
               "judge_prompt_hash": judge_obj.prompt_hash, "judge_options": judge_options or {}}
-    # Batch size, device, judge concurrency and cache location do not change the numbers (greedy
-    # outputs are batch-invariant on purpose); they stay out of the hash.
-    hashed = {k: v for k, v in config.items() if k not in ("batch_size", "device")}
+    # Batch size, device, engine, judge concurrency and cache location do not change the numbers
+    # (greedy outputs are batch- and engine-invariant on purpose, tested); they stay out of the
+    # hash, and so does kv_quant while off, so earlier experiments keep their hashes.
+    hashed = {k: v for k, v in config.items() if k not in ("batch_size", "device", "engine")}
+    if kv_quant == "off":
+        hashed.pop("kv_quant")
     hashed["judge_options"] = {k: v for k, v in (judge_options or {}).items()
                                if k not in ("concurrency", "cache_path")}
     config_hash = hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()
@@ -242,6 +256,10 @@ def main(argv=None) -> int:
     p.add_argument("--pool", default=None,
                    help="retrieval: gold/SFT JSONL file or folder (default: bundled references)")
     p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    p.add_argument("--engine", choices=ENGINES, default="torch",
+                   help="torch (transformers) | mlx (native Apple silicon; same greedy outputs)")
+    p.add_argument("--kv-quant", choices=("off", "device"), default="off",
+                   help="Apple's base: fake-quantise K/V as the device runtime does")
     p.add_argument("--precision", default="fp32", help="fp32 (default, repeatable) | bf16 | fp16")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
     p.add_argument("--no-progress", action="store_true")
@@ -269,7 +287,8 @@ def main(argv=None) -> int:
                      db=args.db, out_dir=args.out_dir, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, swap=args.swap, samples=args.samples, k=args.k,
                      pool=args.pool, ruler_dir=args.ruler_dir, judge_options=opts,
-                     device=args.device, precision=args.precision,
+                     device=args.device, precision=args.precision, engine=args.engine,
+                     kv_quant=args.kv_quant,
                      progress=not args.no_progress)
     except RulerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=640)
     g.add_argument("--batch-size", type=int, default=8, help="tasks per generate call")
+    g.add_argument("--engine", choices=("torch", "mlx"), default="torch",
+                   help="sampling engine: torch (transformers) | mlx (native Apple silicon)")
     g.add_argument("--drafts", action="append", type=Path, default=[],
                    help="JSONL of {input, candidate|text} drafts (repeatable)")
     g = ap.add_argument_group("judging and pairing")
@@ -182,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         student = resolve_student(args.student_base, args.student_adapter, n=args.samples,
                                   temperature=args.temperature, top_p=args.top_p,
                                   max_new_tokens=args.max_new_tokens,
-                                  batch_size=args.batch_size, seed=args.seed)
+                                  batch_size=args.batch_size, seed=args.seed,
+                                  engine=args.engine)
         judge = build_judge_from_args(args)
         rep = build_prefs(args.gold or [REFERENCES_DIR], args.out, judge, options=opts,
                           student=student, drafts_files=args.drafts)

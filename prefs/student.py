@@ -34,6 +34,7 @@ class StudentSpec:
     max_new_tokens: int = 640
     batch_size: int = 8             # tasks per generate call (each yields n sequences)
     seed: int = 0
+    engine: str = "torch"           # torch | mlx: different random streams, so different samples
 
     def key(self) -> str:
         """Identity of the samples: changing any of these makes new samples."""
@@ -42,12 +43,15 @@ class StudentSpec:
         if self.adapter:
             adapter_sha = file_sha256(Path(self.adapter) / "adapter_model.safetensors")
         ident = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        if self.engine == "torch":
+            del ident["engine"]     # keys from before the MLX engine stay valid
         ident.update(adapter_sha256=adapter_sha, prompt_hash=PROMPT_HASH)
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def provenance(self) -> dict:
         out = {"student_base": self.base, "student_adapter": self.adapter,
-               "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+               "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+               "engine": self.engine}
         if self.adapter and (Path(self.adapter) / "run.json").exists():
             run = json.loads((Path(self.adapter) / "run.json").read_text(encoding="utf-8"))
             out["student_run_id"] = run.get("run_id")
@@ -90,16 +94,24 @@ def sample_student(inputs: list[str], spec: StudentSpec, log_path: Path,
     chunks = [inputs[i:i + spec.batch_size] for i in range(0, len(inputs), spec.batch_size)]
     todo = [c for c in chunks if any(normalize_input(t) not in have for t in c)]
     if todo:
-        import torch
+        import contextlib
+
         from tqdm.auto import tqdm
 
         from eval.generate import generate_texts, render_prompt
         from train.models import load_with_adapter, pick_device, pick_precision
 
-        device = pick_device("auto")
-        model, tokenizer, _ = load_with_adapter(spec.base, spec.adapter, device=device,
-                                                precision=pick_precision(device, "auto"))
-        with AppendLog(log_path) as log, torch.inference_mode():
+        if spec.engine == "mlx":
+            from train.mlx.generate import load_mlx_engine
+            model, tokenizer, _ = load_mlx_engine(spec.base, spec.adapter)
+            no_grad = contextlib.nullcontext()
+        else:
+            import torch
+            device = pick_device("auto")
+            model, tokenizer, _ = load_with_adapter(spec.base, spec.adapter, device=device,
+                                                    precision=pick_precision(device, "auto"))
+            no_grad = torch.inference_mode()
+        with AppendLog(log_path) as log, no_grad:
             for chunk in tqdm(todo, desc="sampling the student", disable=not progress,
                               mininterval=2.0):
                 texts = generate_texts(

@@ -68,6 +68,16 @@ class TrainingFields(LoraFields):
         "help": "Liger's fused Triton kernels (CUDA only; refused on CPU/MPS)"})
 
 
+@dataclass
+class BackendFields:
+    """Keys of the stages that run on either backend (train.sft, train.orpo)."""
+    backend: Literal["torch", "mlx"] = field(default="torch", metadata={
+        "help": "torch (TRL + PEFT; CUDA/MPS/CPU) | mlx (native Apple silicon; same run folder)"})
+    kv_quant: Literal["off", "device"] = field(default="off", metadata={
+        "help": "Apple's base only: off | device (fake-quantise K/V to int8 with the checkpoint's "
+                "ranges as the device runtime does; straight-through gradient)"})
+
+
 def check_liger(use_liger: bool, device: str) -> None:
     """Liger's kernels are Triton, which runs only on CUDA; on CPU/MPS transformers would fail
     deep inside patching (or silently not patch), so refuse up front, naming the key."""
@@ -179,10 +189,17 @@ def checkpoint_to_resume(output_dir: Path, value: str | None) -> str | None:
                        key=lambda p: int(p.name.split("-")[-1]))
         if not ckpts:
             raise FileNotFoundError(f"{output_dir}/checkpoints: no checkpoint to resume from")
-        return str(ckpts[-1])
+        return refuse_mlx_checkpoint(str(ckpts[-1]))
     if not Path(value).exists():
         raise FileNotFoundError(f"checkpoint not found: {value}")
-    return value
+    return refuse_mlx_checkpoint(value)
+
+
+def refuse_mlx_checkpoint(path: str) -> str:
+    if (Path(path) / "mlx_trainer_state.json").exists():
+        raise ConfigError(f"{path}: this checkpoint was written by the MLX backend; resume it "
+                          "with backend: mlx, or start a fresh run")
+    return path
 
 
 def run_record(*, stage: str, run_id: str, cfg, base_info: dict, data: dict, metrics: dict,

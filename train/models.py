@@ -79,8 +79,9 @@ def resolve_base(name_or_path: str) -> str:
 
 
 def load_base(name_or_path: str, *, revision: str | None = None, precision: str = "fp32",
-              device: str | None = None):
-    """(model, tokenizer, base_info) for any supported base."""
+              device: str | None = None, kv_quant: str = "off"):
+    """(model, tokenizer, base_info) for any supported base. kv_quant "device" (Apple's base
+    only) fake-quantises keys/values as the device runtime does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     stand_in_alias = name_or_path in STANDIN_ALIASES
@@ -91,8 +92,10 @@ def load_base(name_or_path: str, *, revision: str | None = None, precision: str 
     except ImportError:  # the AFM model is optional for every other base
         afm = None
     if afm is not None and path.is_dir() and afm.is_afm_assets(path):
-        model, tokenizer, info = afm.load_afm(path, dtype=torch_dtype(precision), device=device)
+        model, tokenizer, info = afm.load_afm(path, dtype=torch_dtype(precision), device=device,
+                                              kv_quant=kv_quant)
         return model, tokenizer, info
+    check_kv_quant_base(kv_quant, name_or_path)
     if not path.exists() and (name_or_path.startswith((".", "/", "~")) or path.suffix):
         raise FileNotFoundError(f"base model folder not found: {name_or_path}")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, revision=revision)
@@ -105,7 +108,19 @@ def load_base(name_or_path: str, *, revision: str | None = None, precision: str 
     if device:
         model.to(device)
     arch = (model.config.architectures or [type(model).__name__])[0]
-    info = {
+    return model, tokenizer, hf_base_info(name_or_path, arch, revision, stand_in_alias)
+
+
+def check_kv_quant_base(kv_quant: str, name_or_path: str) -> None:
+    if kv_quant != "off":
+        raise ValueError(f"kv_quant {kv_quant!r} models Apple's KV-cache quantisation and applies "
+                         f"to Apple's base (a toolkit assets folder) only, not {name_or_path!r}")
+
+
+def hf_base_info(name_or_path: str, arch: str, revision: str | None, stand_in_alias: bool) -> dict:
+    """run.json["base_model"] for a hub id / save_pretrained folder (either backend)."""
+    path = Path(name_or_path)
+    return {
         "name_or_path": "standin" if stand_in_alias else name_or_path,
         "revision": revision,
         "identity": _identity(path if path.is_dir() else None, name_or_path, revision),
@@ -114,13 +129,14 @@ def load_base(name_or_path: str, *, revision: str | None = None, precision: str 
         "base_signature": None,
         "stand_in": True,  # only Apple's own base (train.afm) yields a shippable adapter
     }
-    return model, tokenizer, info
 
 
 def load_with_adapter(base: str, adapter_dir: str | Path | None, *, precision: str = "fp32",
-                      device: str | None = None, revision: str | None = None):
+                      device: str | None = None, revision: str | None = None,
+                      kv_quant: str = "off"):
     """Base plus an optional PEFT adapter folder, in eval mode."""
-    model, tokenizer, info = load_base(base, revision=revision, precision=precision, device=device)
+    model, tokenizer, info = load_base(base, revision=revision, precision=precision, device=device,
+                                       kv_quant=kv_quant)
     if adapter_dir:
         from peft import PeftModel
         adapter_dir = Path(adapter_dir)

@@ -23,19 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from train.common import (TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
+from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
                           plot_curves, resolve_runtime, run_record, stage_main,
                           trainer_args_kwargs, warn_ruler_leaks)
-from train.preference import (attach_adapter_init, load_pair_datasets, mean_or_none,
-                              preference_margins)
+from train.preference import (PREFERENCE_KEYS, attach_adapter_init, load_pair_datasets,
+                              mean_or_none, preference_margins)
 from train.sft import data_record
 
-PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "log_odds_ratio", "log_odds_chosen",
-                   "nll_loss")
 
 
 @dataclass
-class ORPORunConfig(TrainingFields):
+class ORPORunConfig(BackendFields, TrainingFields):
     adapter_init: str | None = field(default=None, metadata={
         "help": "SFT run folder whose adapter ORPO continues (None: a fresh LoRA on the base)"})
     train_file: str = field(default="runs/data/prefs/train.jsonl",
@@ -80,6 +78,11 @@ def orpo_trainer_class(nll_on_completion_only: bool):
 
 def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the run folder."""
+    if cfg.backend == "mlx":
+        from train.mlx import require_mlx
+        require_mlx()
+        from train.mlx.trainer import run_orpo_mlx
+        return run_orpo_mlx(cfg, callbacks)
     import transformers
     from trl.experimental.orpo import ORPOConfig
 
@@ -91,7 +94,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     transformers.set_seed(cfg.seed)
     train_ds, val_ds = load_pair_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
-                                            precision=precision)
+                                            precision=precision, kv_quant=cfg.kv_quant)
     started_from = None
     if cfg.adapter_init:
         model, started_from = attach_adapter_init(cfg, model, base_info)

@@ -8,6 +8,9 @@ from train.common import file_sha256
 from train.config import ConfigError
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+# ORPO's logged preference metrics (run.json keeps a list per key), on either backend.
+PREFERENCE_KEYS = ("rewards/accuracies", "rewards/margins", "log_odds_ratio", "log_odds_chosen",
+                   "nll_loss")
 
 
 def load_pair_datasets(cfg):

@@ -15,17 +15,17 @@ from pathlib import Path
 from typing import Literal
 
 from data.appendlog import write_json_atomically
-from data.corpus import ruler_inputs
-from data.formats import FormatError, load_rows, prompt_mismatches, row_inputs
-from data.leak import LeakGuard
-from train.common import (TrainingFields, checkpoint_to_resume, file_sha256, lora_config,
+from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, lora_config,
                           new_run_id, plot_curves, resolve_runtime, run_record, stage_main,
-                          trainer_args_kwargs, training_inputs, warn_ruler_leaks)
+                          trainer_args_kwargs, warn_ruler_leaks)
 from train.config import ConfigError
+# Re-exported: the data helpers live in train.inputs, which both backends share.
+from train.inputs import (data_record, load_sft_datasets, sft_data_record,  # noqa: F401
+                          warn_prompt_mismatches)
 
 
 @dataclass
-class SFTRunConfig(TrainingFields):
+class SFTRunConfig(BackendFields, TrainingFields):
     train_file: str = field(default="runs/data/sft/train.jsonl",
                             metadata={"help": "JSONL file or datasets folder (see data_format)"})
     data_format: Literal["auto", "prompt_completion", "apple", "messages"] = field(
@@ -33,58 +33,6 @@ class SFTRunConfig(TrainingFields):
                                           "(toolkit message arrays) | messages (HF chat)"})
     packing: bool = field(default=False, metadata={
         "help": "padding-free packing: sequences concatenated, position ids reset per sequence"})
-
-
-def _load_datasets(cfg):
-    """(train, val, train rows): any supported format converted to prompt/completion rows."""
-    from datasets import Dataset
-
-    for name in ("train_file", "val_file"):
-        p = getattr(cfg, name)
-        if p and not Path(p).exists():
-            raise FileNotFoundError(f"{name} {p} does not exist; build it with "
-                                    "`python -m data.sft` (or point the config at your data)")
-    try:
-        rows, _ = load_rows(cfg.train_file, cfg.data_format)
-        val_rows = load_rows(cfg.val_file, cfg.data_format)[0] if cfg.val_file else None
-    except FormatError as e:
-        raise ConfigError(str(e)) from None
-    strip = lambda rs: [{"prompt": r["prompt"], "completion": r["completion"]} for r in rs]
-    train = Dataset.from_list(strip(rows))
-    val = Dataset.from_list(strip(val_rows)) if val_rows else None
-    return train, val, rows
-
-
-def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int) -> dict:
-    """What run.json says about a prompt/completion or preference file (ORPO and train.prefs),
-    including every training input for eval's leak check."""
-    inputs = training_inputs(train_file)
-    leaks = LeakGuard(ruler_inputs()).find_leaks((f"{train_file}#{i + 1}", t)
-                                                 for i, t in enumerate(inputs))
-    return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
-            "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
-            "n_train": n_train, "n_val": n_val, "inputs": inputs,
-            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks]}
-
-
-def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_val: int) -> dict:
-    """data_record for SFT rows of any format (data.formats): the same leak guard over the
-    converted rows' inputs, with file:line locations, plus the system prompt check."""
-    inputs = row_inputs(rows)
-    leaks = LeakGuard(ruler_inputs()).find_leaks((r["where"], t) for r, t in zip(rows, inputs))
-    return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
-            "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
-            "n_train": len(rows), "n_val": n_val, "inputs": inputs,
-            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks],
-            "prompt_mismatches": prompt_mismatches(rows)}
-
-
-def warn_prompt_mismatches(data: dict) -> None:
-    if data["prompt_mismatches"]:
-        shown = data["prompt_mismatches"][:5]
-        print(f"WARNING: {len(data['prompt_mismatches'])} training row(s) do not use the "
-              "contract's planner system prompt, which export and eval use:\n  "
-              + "\n  ".join(shown), file=sys.stderr)
 
 
 def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
@@ -98,9 +46,9 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
-    train_ds, val_ds, rows = _load_datasets(cfg)
+    train_ds, val_ds, rows = load_sft_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
-                                            precision=precision)
+                                            precision=precision, kv_quant=cfg.kv_quant)
     data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []))
     warn_ruler_leaks(data)
     warn_prompt_mismatches(data)
@@ -120,6 +68,11 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
 
 def run_sft(cfg: SFTRunConfig, callbacks: list | None = None) -> Path:
     """Train and save; returns the run folder."""
+    if cfg.backend == "mlx":
+        from train.mlx import require_mlx
+        require_mlx()
+        from train.mlx.trainer import run_sft_mlx
+        return run_sft_mlx(cfg, callbacks)
     trainer, tokenizer, base_info, data, resume = build_trainer(cfg, callbacks)
     out = Path(cfg.output_dir)
     if len(trainer.train_dataset) == 0:

@@ -16,6 +16,8 @@ AFM_26_0_SIGNATURE = "9799725ff8e851184037110b422d891ad3b92ec1"
 
 # PEFT target_modules that reproduce Apple's LoRA set exactly (q,k,v,o,gate,up,down on regular
 # layers; q,o,gate,up,down on KV-reuse layers, which simply have no k_proj/v_proj modules).
+KV_QUANT_MODES = ("off", "device")
+
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -33,6 +35,9 @@ class AFMTextV7Config(PreTrainedConfig):
     rms_norm_eps: float = 1e-5
     rope_theta: float = 500000.0
     rope_layout: str = "interleaved"
+    # "device": fake-quantise K/V to int8 with the checkpoint's kv_quantizer steps, as Apple's
+    # runtime does (straight-through gradient, so K/V LoRA still learns); "off": full precision.
+    kv_quant: str = "off"
     max_position_embeddings: int = 4096
     initializer_range: float = 0.02
     attention_dropout: float = 0.0
@@ -46,6 +51,8 @@ class AFMTextV7Config(PreTrainedConfig):
         problems = []
         if self.rope_layout not in ROPE_LAYOUTS:
             problems.append(f"rope_layout={self.rope_layout!r} (valid: {', '.join(ROPE_LAYOUTS)})")
+        if self.kv_quant not in KV_QUANT_MODES:
+            problems.append(f"kv_quant={self.kv_quant!r} (valid: {', '.join(KV_QUANT_MODES)})")
         if not 0 <= self.num_kv_reuse_layers < self.num_hidden_layers:
             problems.append(
                 f"num_kv_reuse_layers={self.num_kv_reuse_layers} must be >= 0 and below "

@@ -138,6 +138,32 @@ def map_checkpoint(state_dict: dict[str, torch.Tensor], config: AFMTextV7Config)
     return out
 
 
+_QUANTIZER_KEY = re.compile(
+    r"^layers\.segment_0\.layer_(?P<index>\d+)\.attention\.kv_quantizer\.(?P<kind>key|value)_quantizer\.range$")
+
+
+def kv_scale(value_range: torch.Tensor) -> float:
+    """The symmetric int8 step for a quantizer range [lo, hi]: max(|lo|, |hi|) / 127, so the range's
+    edge maps to the largest code. (Our reading of the toolkit's range tensors; docs/mlx.md.)"""
+    return float(value_range.abs().max()) / 127.0
+
+
+def kv_quant_scales(state_dict, config: AFMTextV7Config) -> dict[int, tuple[float, float]]:
+    """Regular layer -> (key step, value step) from the checkpoint's `kv_quantizer` ranges; the
+    KV-reuse layers read layer kv_source_layer's already quantised keys/values."""
+    found: dict[int, dict[str, float]] = {}
+    for key, tensor in state_dict.items():
+        match = _QUANTIZER_KEY.match(normalise_key(key))
+        if match:
+            found.setdefault(int(match["index"]), {})[match["kind"]] = kv_scale(tensor)
+    missing = [i for i in range(config.num_regular_layers)
+               if set(found.get(i, {})) != {"key", "value"}]
+    if missing:
+        raise ValueError(f"kv_quant device needs kv_quantizer ranges for every regular layer; "
+                         f"the checkpoint lacks them for layers {missing[:10]}")
+    return {i: (found[i]["key"], found[i]["value"]) for i in range(config.num_regular_layers)}
+
+
 def _layer_indices(keys: list[str], segment: int) -> set[int]:
     found = set()
     for key in keys:

@@ -17,7 +17,8 @@ import torch
 from tqdm.auto import tqdm
 
 from train.afm.configuration import AFM_26_0_SIGNATURE, AFMTextV7Config
-from train.afm.keymap import MappedCheckpoint, config_from_checkpoint, map_checkpoint
+from train.afm.keymap import (MappedCheckpoint, config_from_checkpoint, kv_quant_scales,
+                              map_checkpoint)
 from train.afm.modeling import AFMTextV7ForCausalLM
 from train.afm.tokenizer import build_afm_tokenizer
 
@@ -107,6 +108,8 @@ class CheckedAssets:
     config: AFMTextV7Config
     mapped: MappedCheckpoint
     model: AFMTextV7ForCausalLM  # on the meta device
+    kv_scales: dict[int, tuple[float, float]] | None = None  # per regular layer; None: no ranges
+    kv_scales_problem: str | None = None
 
 
 def check_assets(assets_dir: str | Path) -> CheckedAssets:
@@ -140,12 +143,32 @@ def check_assets(assets_dir: str | Path) -> CheckedAssets:
             ("other problems", mapped.problems),
         ) if keys]
         raise ValueError(f"{weights}: cannot load as AFMTextV7ForCausalLM\n" + "\n".join(sections))
-    return CheckedAssets(found, tokenizer, config, mapped, model)
+    try:
+        kv_scales, kv_problem = kv_quant_scales(state_dict, config), None
+    except ValueError as err:
+        kv_scales, kv_problem = None, f"{weights}: {err}"
+    return CheckedAssets(found, tokenizer, config, mapped, model, kv_scales, kv_problem)
+
+
+def set_kv_quant(model: AFMTextV7ForCausalLM, mode: str, checked: CheckedAssets) -> None:
+    """Switch the model's K/V fake quantisation ("off" | "device"), setting the int8 steps."""
+    if mode == "device" and checked.kv_scales is None:
+        raise ValueError(checked.kv_scales_problem or "kv_quant device: no kv_quantizer ranges")
+    model.config.kv_quant = mode
+    for layer in model.model.layers[: model.config.num_regular_layers]:
+        # Always real tensors (the model was built on the meta device); 1.0 where unused.
+        key_step, value_step = (checked.kv_scales or {}).get(layer.layer_idx, (1.0, 1.0))
+        attn = layer.self_attn
+        attn.key_step = torch.tensor(key_step, device=attn.q_proj.weight.device)
+        attn.value_step = torch.tensor(value_step, device=attn.q_proj.weight.device)
 
 
 def load_afm(assets_dir: str | Path, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None,
-             *, base_signature: str = AFM_26_0_SIGNATURE):
+             *, base_signature: str = AFM_26_0_SIGNATURE, kv_quant: str = "off"):
     """-> (AFMTextV7ForCausalLM in eval mode, tokenizer, base_info).
+
+    kv_quant "device" fake-quantises keys/values with the checkpoint's kv_quantizer ranges, as
+    Apple's runtime does (the model's forward, generation and training all see it).
 
     dtype None keeps the checkpoint's dtype (float32 for the toolkit); device None keeps CPU.
     Fails, listing the keys, if the checkpoint has keys that map nowhere or lacks model weights.
@@ -159,6 +182,7 @@ def load_afm(assets_dir: str | Path, dtype: torch.dtype | str | None = None, dev
         converted[name] = tensor.to(device=device or "cpu", dtype=dtype or tensor.dtype)
     model.load_state_dict(converted, strict=False, assign=True)
     model.tie_weights()
+    set_kv_quant(model, kv_quant, checked)
     still_meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
     if still_meta:
         raise RuntimeError(f"{checked.folder}: weights left unloaded after mapping: {still_meta[:_SHOWN]}")

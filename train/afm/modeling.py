@@ -9,7 +9,8 @@ applied *before* the per-head RMSNorm, as in Apple's model. KV-reuse layers (the
 regular layer (`config.kv_source_layer`), so the KV cache holds nothing for them.
 
 The 8-bit fake quantisation Apple applies to the KV cache at inference (the checkpoint's
-`kv_quantizer` ranges) is not modelled: training runs in full precision, as LoRA training does.
+`kv_quantizer` ranges) is off by default (training in full precision, as LoRA training does);
+`config.kv_quant = "device"` turns it on with a straight-through gradient (`fake_int8`).
 """
 
 from __future__ import annotations
@@ -78,6 +79,13 @@ def eager_attention(module, query, key, value, attention_mask, scaling, dropout=
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
 
 
+def fake_int8(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Round to the int8 grid of `step` (codes -128..127) in float32, as Apple's runtime stores the
+    KV cache. The backward pass is the identity (straight-through), so K/V LoRA keeps a gradient."""
+    q = (torch.clamp(torch.round(x.float() / step), -128, 127) * step).to(x.dtype)
+    return x + (q - x).detach()
+
+
 class AFMAttention(nn.Module):
     def __init__(self, config: AFMTextV7Config, layer_idx: int):
         super().__init__()
@@ -98,6 +106,9 @@ class AFMAttention(nn.Module):
         self.q_norm = AFMRMSNorm(config.head_dim, config.rms_norm_eps)
         if not self.reuses_kv:
             self.k_norm = AFMRMSNorm(config.head_dim, config.rms_norm_eps)
+            # int8 steps for kv_quant "device", set by the loader from the checkpoint's ranges.
+            self.register_buffer("key_step", torch.tensor(1.0), persistent=False)
+            self.register_buffer("value_step", torch.tensor(1.0), persistent=False)
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = states.shape
@@ -113,6 +124,8 @@ class AFMAttention(nn.Module):
         else:
             key = self.k_norm(apply_rotary(self._heads(self.k_proj(hidden_states)), cos, sin, layout))
             value = self._heads(self.v_proj(hidden_states))
+            if self.config.kv_quant == "device":
+                key, value = fake_int8(key, self.key_step), fake_int8(value, self.value_step)
             if cache is not None:
                 key, value = cache.update(key, value, self.layer_idx)
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention)

@@ -1,0 +1,65 @@
+"""What a training run reads and records about its data, shared by both backends: SFT rows in
+any supported format as prompt/completion datasets, and the run.json data record (file hashes,
+every training input for eval's leak check, ruler leaks, system-prompt mismatches)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from data.corpus import ruler_inputs
+from data.formats import FormatError, load_rows, prompt_mismatches, row_inputs
+from data.leak import LeakGuard
+from train.common import file_sha256, training_inputs
+from train.config import ConfigError
+
+
+def load_sft_datasets(cfg):
+    """(train, val, train rows): any supported format converted to prompt/completion rows."""
+    from datasets import Dataset
+
+    for name in ("train_file", "val_file"):
+        p = getattr(cfg, name)
+        if p and not Path(p).exists():
+            raise FileNotFoundError(f"{name} {p} does not exist; build it with "
+                                    "`python -m data.sft` (or point the config at your data)")
+    try:
+        rows, _ = load_rows(cfg.train_file, cfg.data_format)
+        val_rows = load_rows(cfg.val_file, cfg.data_format)[0] if cfg.val_file else None
+    except FormatError as e:
+        raise ConfigError(str(e)) from None
+    strip = lambda rs: [{"prompt": r["prompt"], "completion": r["completion"]} for r in rs]
+    train = Dataset.from_list(strip(rows))
+    val = Dataset.from_list(strip(val_rows)) if val_rows else None
+    return train, val, rows
+
+
+def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int) -> dict:
+    """What run.json says about a prompt/completion or preference file (ORPO and train.prefs),
+    including every training input for eval's leak check."""
+    inputs = training_inputs(train_file)
+    leaks = LeakGuard(ruler_inputs()).find_leaks((f"{train_file}#{i + 1}", t)
+                                                 for i, t in enumerate(inputs))
+    return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
+            "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
+            "n_train": n_train, "n_val": n_val, "inputs": inputs,
+            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks]}
+
+
+def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_val: int) -> dict:
+    """data_record for SFT rows of any format (data.formats): the same leak guard over the
+    converted rows' inputs, with file:line locations, plus the system prompt check."""
+    inputs = row_inputs(rows)
+    leaks = LeakGuard(ruler_inputs()).find_leaks((r["where"], t) for r, t in zip(rows, inputs))
+    return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
+            "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
+            "n_train": len(rows), "n_val": n_val, "inputs": inputs,
+            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks],
+            "prompt_mismatches": prompt_mismatches(rows)}
+
+
+def warn_prompt_mismatches(data: dict) -> None:
+    if data["prompt_mismatches"]:
+        shown = data["prompt_mismatches"][:5]
+        print(f"WARNING: {len(data['prompt_mismatches'])} training row(s) do not use the "
+              "contract's planner system prompt, which export and eval use:\n  "
+              + "\n  ".join(shown), file=sys.stderr)
