@@ -449,3 +449,64 @@ def test_prefs_sampling_engine_mlx_is_seeded_and_keyed_apart(standin_dir, tiny_s
     assert first == again and all(len(v) == 2 for v in first.values())
     assert spec.key() != StudentSpec(base=str(standin_dir), adapter=str(tiny_sft_run), n=2,
                                      max_new_tokens=12, seed=3).key()
+
+
+def test_same_lora_from_mlx_and_peft_exports_byte_identical_and_round_trips(standin_dir, tmp_path):
+    from export.fmadapter import main as export_main
+    from train.mlx.lora import load_peft_adapter, save_peft_adapter
+    from train.mlx.models import load_mlx_base
+    from train.models import load_base, load_with_adapter
+
+    model, tok, info = load_base(str(standin_dir))
+    peft = peft_with_random_lora(model, r=8, alpha=16)
+    run_json = {"run_id": "x", "stage": "sft", "base_model": info, "metrics": {},
+                "lora": {"r": 8, "alpha": 16}, "data": {"train_sha256": "00" * 32}}
+    peft.save_pretrained(str(tmp_path / "peft"))
+    base = load_mlx_base(str(standin_dir))
+    loras, _ = load_peft_adapter(base, tmp_path / "peft")
+    save_peft_adapter(loras, tmp_path / "mlx", r=8, alpha=16, dropout=0.0,
+                      targets=list(APPLE_LORA_TARGETS), base_name=str(standin_dir))
+    blobs = {}
+    for name in ("peft", "mlx"):
+        (tmp_path / name / "run.json").write_text(json.dumps(run_json))
+        assert export_main(["--adapter", str(tmp_path / name), "--name", f"p_{name}", "--out",
+                            str(tmp_path / f"pkg-{name}"), "--allow-stand-in", "--quiet"]) == 0
+        blobs[name] = (tmp_path / f"pkg-{name}" / f"p_{name}.fmadapter" /
+                       "adapter_weights.bin").read_bytes()
+    assert blobs["mlx"] == blobs["peft"]
+    assert export_main(["inspect", str(tmp_path / "pkg-mlx" / "p_mlx.fmadapter"), "--to-peft",
+                        str(tmp_path / "back")]) == 0
+    back, _, _ = load_with_adapter(str(standin_dir), tmp_path / "back")
+    ids = tok("Plan a trip to Paris", return_tensors="pt")["input_ids"]
+    base.model.eval()
+    with torch.no_grad():
+        want = back(ids).logits.numpy()
+    # One fp16 rounding of the LoRA weights in the package: the tolerance of the export tests.
+    np.testing.assert_allclose(np.array(base.model(mx.array(ids.numpy()))), want, atol=1e-2)
+
+
+def test_gradient_checkpointing_keeps_the_gradients(assets, tmp_path):
+    from train.mlx.data import pad_batch, sft_examples
+    from train.mlx.losses import sft_loss
+    from train.mlx.trainer import checkpoint_layers
+    from train.models import load_base
+
+    model, tok, _ = load_base(str(assets))
+    peft = peft_with_random_lora(model)
+    rows = [{"prompt": [{"role": "user", "content": "plan the task"}],
+             "completion": [{"role": "assistant", "content": "title question"}]}]
+    ids, labels, _ = pad_batch(sft_examples(tok, rows, 64), tok.pad_token_id)
+
+    def grads_of(twin, loras):
+        remember_paths(twin.model)
+        loss_fn = lambda m: (lambda t: t[0] / t[1])(sft_loss(m, ids, labels))  # noqa: E731
+        return mlx_lora_grads(loras, nn.value_and_grad(twin.model, loss_fn)(twin.model)[1])
+
+    plain = grads_of(*mlx_twin(assets, peft, tmp_path / "a"))
+    twin, loras = mlx_twin(assets, peft, tmp_path / "b")
+    kinds = {type(layer) for layer in twin.model.layers}
+    checkpoint_layers(twin)
+    # each wrapped layer gets its own subclass: other models of the same class stay unwrapped
+    assert all(type(layer) not in kinds for i, layer in enumerate(twin.model.layers)
+               if i != twin.num_regular_layers - 1)
+    assert_same_grads(plain, grads_of(twin, loras), atol=1e-6)

@@ -97,6 +97,14 @@ def checkpoint_layer(layer: nn.Module) -> None:
     layer.__class__ = type(base_cls.__name__, (base_cls,), {"__call__": checkpointed})
 
 
+def checkpoint_layers(base: MLXBase) -> None:
+    """Every decoder layer but AFM's KV source layer, which hands its keys/values to the reuse
+    layers through the cache (a side channel mx.checkpoint's recomputation would cut)."""
+    for i, layer in enumerate(base.model.layers):
+        if not (base.kind == "afm" and i == base.num_regular_layers - 1):
+            checkpoint_layer(layer)
+
+
 @dataclass
 class LoopState:
     step: int = 0
@@ -261,8 +269,7 @@ def _prepare(cfg, stage: str):
     np.random.seed(cfg.seed)
     base = load_mlx_base(cfg.model_name_or_path, precision=precision, kv_quant=cfg.kv_quant)
     if cfg.gradient_checkpointing:
-        for layer in getattr(base.model, "layers", []):
-            checkpoint_layer(layer)
+        checkpoint_layers(base)
     base_info = dict(base.base_info, device=device, precision=precision)
     return base, base_info
 
