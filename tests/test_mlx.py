@@ -428,7 +428,8 @@ def test_eval_run_engine_mlx_gives_the_torch_engines_outputs_on_all_30_cases(
     runs = {}
     for engine in ("torch", "mlx"):
         runs[engine] = run_eval(base=str(standin_dir), adapter=str(tiny_sft_run), judge="offline",
-                                label=f"engine-{engine}", note="engine parity", db=tmp_path / "x.db",
+                                label=f"engine-{engine}", note="engine parity",
+                                db=tmp_path / "x.db",
                                 out_dir=tmp_path / engine, max_new_tokens=400, engine=engine,
                                 progress=False, quiet=True)
     torch_cases, mlx_cases = runs["torch"]["cases"], runs["mlx"]["cases"]
@@ -510,3 +511,33 @@ def test_gradient_checkpointing_keeps_the_gradients(assets, tmp_path):
     assert all(type(layer) not in kinds for i, layer in enumerate(twin.model.layers)
                if i != twin.num_regular_layers - 1)
     assert_same_grads(plain, grads_of(twin, loras), atol=1e-6)
+
+
+def test_mlx_sft_on_apples_base_with_device_kv_quant(assets, tmp_path):
+    from peft import PeftModel
+
+    from train.config import load_config
+    from train.models import load_base
+    from train.sft import SFTRunConfig, run_sft
+
+    rows = [{"prompt": [{"role": "system", "content": "plan the task"},
+                        {"role": "user", "content": f"Task: plan the task {i}"}],
+             "completion": [{"role": "assistant", "content": "title description question"}]}
+            for i in range(4)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    cfg = load_config(SFTRunConfig, None, dict(
+        model_name_or_path=str(assets), train_file=str(train), val_file=str(train),
+        output_dir=str(tmp_path / "afm"), backend="mlx", kv_quant="device", max_steps=3,
+        per_device_train_batch_size=2, learning_rate=1e-2, logging_steps=1, lora_r=4,
+        lora_alpha=8, lora_dropout=0.0, max_length=64, progress=False, save_strategy="no",
+        gradient_checkpointing=True, device="cpu", precision="fp32"))
+    out = run_sft(cfg)
+    run = json.loads((out / "run.json").read_text())
+    assert run["backend"] == "mlx" and run["base_model"]["architecture"] == "AFMTextV7ForCausalLM"
+    assert run["config"]["kv_quant"] == "device"
+    assert run["metrics"]["final_eval_loss"] < run["metrics"]["initial_eval_loss"]
+    model, _, info = load_base(str(assets))
+    assert run["base_model"]["identity"] == info["identity"]
+    peft = PeftModel.from_pretrained(model, str(out))
+    trained = {n for n, p in peft.named_parameters() if "lora_B" in n and p.abs().sum() > 0}
+    assert any(".k_proj." in n for n in trained) and any(".v_proj." in n for n in trained)

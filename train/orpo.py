@@ -16,18 +16,17 @@ loss_curve.png and preference_curves.png. Checkpoints: `--resume_from_checkpoint
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
-                          plot_curves, resolve_runtime, run_record, stage_main,
+from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, lora_config,
+                          new_run_id, resolve_runtime, run_record, stage_main,
                           trainer_args_kwargs, warn_ruler_leaks)
-from train.preference import (PREFERENCE_KEYS, attach_adapter_init, load_pair_datasets,
-                              mean_or_none, preference_margins)
+from train.preference import (attach_adapter_init, load_pair_datasets, mean_or_none,
+                              orpo_metrics, plot_orpo_curves, preference_margins)
 from train.sft import data_record
 
 
@@ -129,24 +128,12 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
         trainer.save_model(str(out))
         tokenizer.save_pretrained(str(out / "tokenizer"))
         history = trainer.state.log_history
-        losses = [r["loss"] for r in history if "loss" in r]
-        metrics = {"train_loss": losses,
-                   "eval_loss": [r["eval_loss"] for r in history if "eval_loss" in r],
-                   "final_eval_loss": final_eval.get("eval_loss"),
-                   "nonfinite_losses": sum(not math.isfinite(x) for x in losses),
-                   **{key: [r[key] for r in history if key in r] for key in PREFERENCE_KEYS},
-                   **{f"final_eval_{key}": final_eval.get(f"eval_{key}")
-                      for key in PREFERENCE_KEYS},
+        metrics = {**orpo_metrics(history, final_eval),
                    "val_logp_margin_before": margin_before, "val_logp_margin_after": margin_after,
                    "global_step": trainer.state.global_step,
                    "train_seconds": round(time.time() - t0, 1), "device": device,
                    "precision": precision}
-        plot_curves(history, out / "loss_curve.png", ("loss", "eval_loss"),
-                    f"ORPO {cfg.model_name_or_path}")
-        plot_curves(history, out / "preference_curves.png",
-                    ("rewards/margins", "rewards/accuracies", "log_odds_ratio",
-                     "eval_rewards/margins", "eval_rewards/accuracies"),
-                    f"ORPO preference metrics {cfg.model_name_or_path}")
+        plot_orpo_curves(history, out, f"ORPO {cfg.model_name_or_path}")
         write_json_atomically(out / "run.json", run_record(
             stage="orpo", run_id=new_run_id("orpo", cfg), cfg=cfg, base_info=base_info,
             data=data, metrics=metrics,

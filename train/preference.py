@@ -81,6 +81,26 @@ def preference_margins(model, tokenizer, records: list[dict], batch_size: int = 
     return [c - r for c, r in zip(chosen, rejected)]
 
 
+def orpo_metrics(history: list[dict], final_eval: dict) -> dict:
+    """run.json metrics of an ORPO run read off its log history (either backend)."""
+    import math
+    losses = [r["loss"] for r in history if "loss" in r]
+    return {"train_loss": losses,
+            "eval_loss": [r["eval_loss"] for r in history if "eval_loss" in r],
+            "final_eval_loss": final_eval.get("eval_loss"),
+            "nonfinite_losses": sum(not math.isfinite(x) for x in losses),
+            **{key: [r[key] for r in history if key in r] for key in PREFERENCE_KEYS},
+            **{f"final_eval_{key}": final_eval.get(f"eval_{key}") for key in PREFERENCE_KEYS}}
+
+
+def plot_orpo_curves(history: list[dict], out: Path, title: str) -> None:
+    from train.common import plot_curves
+    plot_curves(history, out / "loss_curve.png", ("loss", "eval_loss"), title)
+    plot_curves(history, out / "preference_curves.png",
+                ("rewards/margins", "rewards/accuracies", "log_odds_ratio",
+                 "eval_rewards/margins", "eval_rewards/accuracies"), f"{title}: preference metrics")
+
+
 def mean_or_none(xs) -> float | None:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else None

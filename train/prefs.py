@@ -131,8 +131,10 @@ def run_prefs(cfg: PrefsRunConfig, callbacks: list | None = None) -> Path:
     check_config(cfg)
     if cfg.method == "orpo":
         from train.orpo import ORPORunConfig, run_orpo
+        # Keys train.prefs does not have (backend, kv_quant) keep ORPO's defaults.
         orpo_cfg = ORPORunConfig(**{f.name: getattr(cfg, f.name)
-                                    for f in dataclasses.fields(ORPORunConfig)})
+                                    for f in dataclasses.fields(ORPORunConfig)
+                                    if hasattr(cfg, f.name)})
         orpo_cfg.beta = cfg.resolved_beta()
         return run_orpo(orpo_cfg, callbacks)
 

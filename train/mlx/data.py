@@ -64,7 +64,7 @@ def orpo_examples(tokenizer, records: list[dict], max_length: int) -> list[tuple
     out = []
     for record in records:
         text = maybe_apply_chat_template(
-            {"prompt": record["prompt"], "chosen": record["chosen"], "rejected": record["rejected"]},
+            {k: record[k] for k in ("prompt", "chosen", "rejected")},
             tokenizer)
         pair = []
         for side in ("chosen", "rejected"):

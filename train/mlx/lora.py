@@ -124,8 +124,9 @@ def lora_state(loras: dict) -> dict[str, np.ndarray]:
     for name, (module, part) in loras.items():
         a_attr, b_attr = lora_pairs(module)[part]
         prefix = f"base_model.model.{name}"
-        out[f"{prefix}.lora_A.weight"] = np.array(getattr(module, a_attr).astype(mx.float32)).T.copy()
-        out[f"{prefix}.lora_B.weight"] = np.array(getattr(module, b_attr).astype(mx.float32)).T.copy()
+        for attr, key in ((a_attr, "lora_A"), (b_attr, "lora_B")):
+            value = getattr(module, attr).astype(mx.float32)
+            out[f"{prefix}.{key}.weight"] = np.array(value).T.copy()
     return out
 
 
@@ -151,7 +152,7 @@ def set_lora_state(loras: dict, tensors: dict[str, np.ndarray], where: str) -> N
 
 def save_peft_adapter(loras: dict, out: Path, *, r: int, alpha: float, dropout: float,
                       targets: list[str], base_name: str) -> Path:
-    """adapter_config.json + adapter_model.safetensors exactly as PEFT's save_pretrained names them."""
+    """adapter_config.json + adapter_model.safetensors, named as PEFT's save_pretrained names them."""
     from peft import LoraConfig
     from safetensors.numpy import save_file
 

@@ -52,7 +52,8 @@ def orpo_loss(model, chosen: tuple, rejected: tuple, beta: float,
         nll_targets = mx.where(c_mask == 1, c_ids, IGNORE)  # TRL's own: prompt and answer
     nll_logp, nll_mask = token_logps(logits[:n], nll_targets)
     nll = -(nll_logp * nll_mask).sum() / nll_mask.sum()
-    log_odds = (chosen_logps - rejected_logps) - (_log1mexp(chosen_logps) - _log1mexp(rejected_logps))
+    log_odds = (chosen_logps - rejected_logps) \
+        - (_log1mexp(chosen_logps) - _log1mexp(rejected_logps))
     ratio = nn.log_sigmoid(log_odds)
     loss = nll - beta * ratio.mean()
     chosen_rewards, rejected_rewards = beta * chosen_logps, beta * rejected_logps

@@ -107,7 +107,8 @@ def torch_to_afm7_name(name: str, num_regular: int) -> str:
     if name == "model.norm.weight":
         return "model.output_norm.weight"
     parts = name.split(".")              # model.layers.{i}.<rest>
-    index, rest = int(parts[2]), ".".join(parts[3:]).replace("self_attn.o_proj", "self_attn.out_proj")
+    index = int(parts[2])
+    rest = ".".join(parts[3:]).replace("self_attn.o_proj", "self_attn.out_proj")
     if index < num_regular:
         return f"model.layers.{index}.{rest}"
     return f"model.kv_reuse_layers.{index - num_regular}.{rest}"
@@ -127,8 +128,8 @@ def load_afm_mlx(assets_dir: str | Path, precision: str, kv_quant: str) -> MLXBa
     checked = check_assets(assets_dir)        # the project's key map, with every key checked
     config, regular = checked.config, checked.config.num_regular_layers
     if config.hidden_size // config.num_attention_heads != config.head_dim:
-        raise ConfigError(f"{assets_dir}: head_dim {config.head_dim} != hidden/heads; mlx-lm's afm7 "
-                          "derives head_dim from the width and cannot load this geometry")
+        raise ConfigError(f"{assets_dir}: head_dim {config.head_dim} != hidden/heads; mlx-lm's "
+                          "afm7 derives head_dim from the width and cannot load this geometry")
     scale_factor = config.intermediate_size / config.hidden_size
     if int(config.hidden_size * scale_factor) != config.intermediate_size:
         raise ConfigError(f"{assets_dir}: FFN width {config.intermediate_size} is not expressible "

@@ -112,7 +112,8 @@ class LoopState:
 
 
 def _checkpoints(out: Path) -> list[Path]:
-    return sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return sorted((out / "checkpoints").glob("checkpoint-*"),
+                  key=lambda p: int(p.name.split("-")[-1]))
 
 
 def checkpoint_to_resume_mlx(out: Path, value: str | None) -> Path | None:
@@ -362,7 +363,7 @@ def attach_adapter_init_mlx(cfg, base: MLXBase, base_info: dict) -> tuple[dict, 
 
 def run_orpo_mlx(cfg, callbacks: list | None = None) -> Path:
     from train.inputs import data_record
-    from train.preference import PREFERENCE_KEYS, load_pair_datasets, mean_or_none
+    from train.preference import load_pair_datasets, mean_or_none, orpo_metrics, plot_orpo_curves
 
     out = Path(cfg.output_dir)
     resume = checkpoint_to_resume_mlx(out, cfg.resume_from_checkpoint)
@@ -410,22 +411,11 @@ def run_orpo_mlx(cfg, callbacks: list | None = None) -> Path:
     save_peft_adapter(loras, out, **lora_kw)
     tok.save_pretrained(str(out / "tokenizer"))
     history = state.history
-    losses = [r["loss"] for r in history if "loss" in r]
-    metrics = {"train_loss": losses,
-               "eval_loss": [r["eval_loss"] for r in history if "eval_loss" in r],
-               "final_eval_loss": after.get("eval_loss"),
-               "nonfinite_losses": sum(not math.isfinite(x) for x in losses),
-               **{key: [r[key] for r in history if key in r] for key in PREFERENCE_KEYS},
-               **{f"final_eval_{key}": after.get(f"eval_{key}") for key in PREFERENCE_KEYS},
+    metrics = {**orpo_metrics(history, after),
                "val_logp_margin_before": margin_before, "val_logp_margin_after": margin_after,
                "global_step": state.step, "train_seconds": round(time.time() - t0, 1),
                "device": base_info["device"], "precision": base_info["precision"]}
-    plot_curves(history, out / "loss_curve.png", ("loss", "eval_loss"),
-                f"ORPO (mlx) {cfg.model_name_or_path}")
-    plot_curves(history, out / "preference_curves.png",
-                ("rewards/margins", "rewards/accuracies", "log_odds_ratio",
-                 "eval_rewards/margins", "eval_rewards/accuracies"),
-                f"ORPO (mlx) preference metrics {cfg.model_name_or_path}")
+    plot_orpo_curves(history, out, f"ORPO (mlx) {cfg.model_name_or_path}")
     write_json_atomically(out / "run.json", run_record(
         stage="orpo", run_id=new_run_id("orpo", cfg), cfg=cfg, base_info=base_info, data=data,
         metrics=metrics, extra={"backend": "mlx", "mlx_versions": _versions(),
