@@ -17,6 +17,8 @@ from train.config import ConfigError, config_hash, config_help, load_cli_config
 from train.models import pick_device, pick_precision
 
 APPLE_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Marks a checkpoint as written by the MLX backend (train.mlx.trainer), which torch refuses.
+MLX_CHECKPOINT_STATE = "mlx_trainer_state.json"
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate",
                     "anthropic", "safetensors", "tokenizers")
 
@@ -196,7 +198,7 @@ def checkpoint_to_resume(output_dir: Path, value: str | None) -> str | None:
 
 
 def refuse_mlx_checkpoint(path: str) -> str:
-    if (Path(path) / "mlx_trainer_state.json").exists():
+    if (Path(path) / MLX_CHECKPOINT_STATE).exists():
         raise ConfigError(f"{path}: this checkpoint was written by the MLX backend; resume it "
                           "with backend: mlx, or start a fresh run")
     return path

@@ -106,10 +106,8 @@ def mean_or_none(xs) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def attach_adapter_init(cfg, model, base_info: dict):
-    """Load the SFT adapter trainable; returns (model, record of the run it came from)."""
-    from peft import PeftModel
-
+def adapter_init_run(cfg, base_info: dict) -> dict:
+    """run.json of cfg.adapter_init (or {}), refused when it was trained on another base."""
     from train.models import read_run
 
     path = Path(cfg.adapter_init)
@@ -124,13 +122,33 @@ def attach_adapter_init(cfg, model, base_info: dict):
             f"(identity {trained_on[:12]}), but this run's base {cfg.model_name_or_path!r} has "
             f"identity {base_info['identity'][:12]}; an adapter only fits the base it was "
             "trained on")
-    model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
-    peft_cfg = model.peft_config["default"]
-    # The adapter's own shape is what gets trained; record it as the resolved config.
-    cfg.lora_r, cfg.lora_alpha = int(peft_cfg.r), int(peft_cfg.lora_alpha)
-    cfg.lora_dropout = float(peft_cfg.lora_dropout)
-    targets = set(peft_cfg.target_modules)      # PEFT keeps a set: reuse the configured order
+    return run
+
+
+def adopt_adapter_shape(cfg, r, alpha, dropout, target_modules) -> None:
+    """The continued adapter's own shape is what gets trained: record it as the resolved config."""
+    cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout = int(r), int(alpha), float(dropout or 0.0)
+    targets = set(target_modules)      # PEFT keeps a set: reuse the configured order
     cfg.lora_target_modules = ([m for m in cfg.lora_target_modules if m in targets]
                                + sorted(targets - set(cfg.lora_target_modules)))
-    return model, {"run_dir": str(path), "run_id": run.get("run_id"), "stage": run.get("stage"),
-                   "adapter_sha256": file_sha256(path / "adapter_model.safetensors")}
+
+
+def started_from_record(cfg, run: dict, backend: str | None = None) -> dict:
+    path = Path(cfg.adapter_init)
+    record = {"run_dir": str(path), "run_id": run.get("run_id"), "stage": run.get("stage"),
+              "adapter_sha256": file_sha256(path / "adapter_model.safetensors")}
+    if backend:
+        record["backend"] = backend
+    return record
+
+
+def attach_adapter_init(cfg, model, base_info: dict):
+    """Load the SFT adapter trainable; returns (model, record of the run it came from)."""
+    from peft import PeftModel
+
+    run = adapter_init_run(cfg, base_info)
+    model = PeftModel.from_pretrained(model, str(cfg.adapter_init), is_trainable=True)
+    peft_cfg = model.peft_config["default"]
+    adopt_adapter_shape(cfg, peft_cfg.r, peft_cfg.lora_alpha, peft_cfg.lora_dropout,
+                        peft_cfg.target_modules)
+    return model, started_from_record(cfg, run)

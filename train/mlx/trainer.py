@@ -26,6 +26,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from tqdm.auto import tqdm
 
 from data.appendlog import write_json_atomically
+from train.common import MLX_CHECKPOINT_STATE as STATE_FILE
 from train.common import new_run_id, plot_curves, run_record, warn_ruler_leaks
 from train.config import ConfigError
 from train.mlx.data import epoch_order, orpo_examples, pad_batch, sft_examples
@@ -33,7 +34,6 @@ from train.mlx.lora import apply_lora, load_peft_adapter, save_peft_adapter, set
 from train.mlx.losses import orpo_loss, sft_loss
 from train.mlx.models import MLXBase, load_mlx_base
 
-STATE_FILE = "mlx_trainer_state.json"     # marks a checkpoint as the MLX backend's
 OPTIMIZER_FILE = "optimizer.safetensors"
 MAX_GRAD_NORM = 1.0                        # transformers' default, which the torch backend uses
 
@@ -204,7 +204,6 @@ def train_loop(*, base: MLXBase, loras: dict, cfg, train_items: list, val_items:
     model.train()
     bar = tqdm(total=total, initial=state.step, disable=not cfg.progress, desc="mlx training",
                unit="step")
-    seen_tokens = 0
     while state.step < total:
         epoch, within = divmod(state.step, per_epoch)
         order = epoch_order(len(train_items), cfg.seed, epoch)
@@ -228,7 +227,6 @@ def train_loop(*, base: MLXBase, loras: dict, cfg, train_items: list, val_items:
             optimizer.update(model, grads)
             mx.eval(model.trainable_parameters(), optimizer.state)
             state.step += 1
-            seen_tokens += int(weight_total)
             bar.update(1)
             record = {"loss": loss_total / weight_total, "grad_norm": float(grad_norm),
                       "learning_rate": lr_at(state.step - 1, total, cfg),
@@ -261,7 +259,7 @@ def train_loop(*, base: MLXBase, loras: dict, cfg, train_items: list, val_items:
     return state, before, after
 
 
-def _prepare(cfg, stage: str):
+def _prepare(cfg):
     from train.mlx import require_mlx
     require_mlx()
     check_mlx_config(cfg)
@@ -299,7 +297,7 @@ def run_sft_mlx(cfg, callbacks: list | None = None) -> Path:
     out = Path(cfg.output_dir)
     resume = checkpoint_to_resume_mlx(out, cfg.resume_from_checkpoint)
     _, val_ds, rows = load_sft_datasets(cfg)
-    base, base_info = _prepare(cfg, "sft")
+    base, base_info = _prepare(cfg)
     data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []))
     warn_ruler_leaks(data)
     warn_prompt_mismatches(data)
@@ -340,25 +338,13 @@ def run_sft_mlx(cfg, callbacks: list | None = None) -> Path:
 
 def attach_adapter_init_mlx(cfg, base: MLXBase, base_info: dict) -> tuple[dict, dict]:
     """Continue an SFT adapter (from either backend: both write PEFT's layout)."""
-    from train.common import file_sha256
-    from train.models import read_run
+    from train.preference import adapter_init_run, adopt_adapter_shape, started_from_record
 
-    path = Path(cfg.adapter_init)
-    run = read_run(path) if (path / "run.json").exists() else {}
-    trained_on = (run.get("base_model") or {}).get("identity")
-    if trained_on and trained_on != base_info["identity"]:
-        raise ConfigError(f"adapter_init {path} was trained on another base (identity "
-                          f"{trained_on[:12]}, this run's {base_info['identity'][:12]}); an "
-                          "adapter only fits the base it was trained on")
-    loras, peft_cfg = load_peft_adapter(base, path)
-    cfg.lora_r, cfg.lora_alpha = int(peft_cfg["r"]), int(peft_cfg["lora_alpha"])
-    cfg.lora_dropout = float(peft_cfg.get("lora_dropout") or 0.0)
-    targets = set(peft_cfg["target_modules"])
-    cfg.lora_target_modules = ([m for m in cfg.lora_target_modules if m in targets]
-                               + sorted(targets - set(cfg.lora_target_modules)))
-    return loras, {"run_dir": str(path), "run_id": run.get("run_id"), "stage": run.get("stage"),
-                   "backend": run.get("backend", "torch"),
-                   "adapter_sha256": file_sha256(path / "adapter_model.safetensors")}
+    run = adapter_init_run(cfg, base_info)
+    loras, peft_cfg = load_peft_adapter(base, cfg.adapter_init)
+    adopt_adapter_shape(cfg, peft_cfg["r"], peft_cfg["lora_alpha"], peft_cfg.get("lora_dropout"),
+                        peft_cfg["target_modules"])
+    return loras, started_from_record(cfg, run, run.get("backend", "torch"))
 
 
 def run_orpo_mlx(cfg, callbacks: list | None = None) -> Path:
@@ -368,7 +354,7 @@ def run_orpo_mlx(cfg, callbacks: list | None = None) -> Path:
     out = Path(cfg.output_dir)
     resume = checkpoint_to_resume_mlx(out, cfg.resume_from_checkpoint)
     train_ds, val_ds = load_pair_datasets(cfg)
-    base, base_info = _prepare(cfg, "orpo")
+    base, base_info = _prepare(cfg)
     started_from = None
     if cfg.adapter_init:
         loras, started_from = attach_adapter_init_mlx(cfg, base, base_info)
