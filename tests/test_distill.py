@@ -156,22 +156,33 @@ def test_sigkill_mid_run_then_restart_repeats_no_finished_request(fake, tmp_path
 
 
 def test_ctrl_c_stops_cleanly_and_resumes(fake, tmp_path):
-    fake.latency = 0.15
+    # The fake answers 4 requests, then holds further ones open: SIGINT is sent while the run is
+    # provably mid-way (4 lines written, 2 requests in flight) on an idle box or a loaded one.
+    # Then the held requests are answered, as a real API would: a Ctrl-C'd run waits for them so
+    # that what is being paid for lands in the cache, and writes no more lines.
+    fake.answer_limit = 4
     tasks_file = tmp_path / "tasks.txt"
     tasks_file.write_text("".join(task(i)["input"] + "\n" for i in range(20)))
     out, cache = tmp_path / "gold.jsonl", tmp_path / "cache.sqlite"
     args = ["--tasks", str(tasks_file), "--out", str(out), "--cache", str(cache),
             "--concurrency", "2", "--yes", "--no-progress"]
     proc = cli(*args)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 4):
+    deadline = time.time() + 300          # a bound for a broken run, never reached by a good one
+    while time.time() < deadline and proc.poll() is None and not (
+            fake.held == 2 and out.exists() and out.read_text().count("\n") == 4):
         time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGINT)
+    while proc.poll() is None and time.time() < deadline:
+        fake.release_held()               # answers only what is in flight; the run cannot finish
+        time.sleep(0.02)
     stdout, _stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in stdout
     finished = len(lines_of(out))
     assert 4 <= finished < 20
     paid = {row[0] for row in sqlite3.connect(cache).execute("SELECT key FROM responses")}
+    assert len(paid) >= finished + 2      # the two in flight at Ctrl-C were kept
+    fake.lift_answer_limit()
     fake.reset_log()
     assert main(args) == 0
     assert not {request_key(r.body) for r in fake.message_requests()} & paid

@@ -133,6 +133,33 @@ def test_slot_inventory_is_built_from_the_corpus_with_this_model(judge):
     assert inv.domain_of("Plan a week in Lisbon with my partner", judge.sim) == "travel"
 
 
+def _domain_titles(domain: str) -> tuple[list[str], list[str]]:
+    from data.corpus import reference_cases
+    pairs = sorted({(q.title, c.id) for c in reference_cases() if c.id.startswith(domain + "-")
+                    for q in c.gold.questions})
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def test_slot_inventory_does_not_depend_on_the_cpus_last_bits(judge):
+    """Embeddings differ in their last bits between CPUs; the committed slots must not.
+
+    Every domain is re-clustered from vectors with added noise far above such differences
+    (1e-6 and 1e-5); each must give the committed exemplars and members exactly. Before the
+    similarity grid, most noisy rebuilds changed some domain's medoid (near-equal mean
+    similarities decided by raw floats).
+    """
+    obj = json.loads(INVENTORY_PATH.read_text())
+    rng = np.random.default_rng(0)
+    for d, committed in obj["domains"].items():
+        titles, ids = _domain_titles(d)
+        vecs = judge.sim.vectors(titles)
+        for scale in (1e-6, 1e-5):
+            noisy = vecs + rng.normal(0.0, scale, vecs.shape).astype(vecs.dtype)
+            again = cluster_domain(titles, ids, noisy, committed["slot_similarity"])
+            assert [(s["exemplar"], s["members"]) for s in again] == \
+                [(s["exemplar"], s["members"]) for s in committed["slots"]], (d, scale)
+
+
 def test_calibration_set_spans_the_levels_and_never_touches_the_ruler(calset):
     assert len(build_calibration_set(per_domain=2)) >= 200
     kinds = {r.experiment.split(":", 1)[1] for r in calset}

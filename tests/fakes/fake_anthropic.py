@@ -72,6 +72,13 @@ class FakeAnthropic:
         self.latency = latency
         self.batch_polls_before_end = batch_polls_before_end
         self.hold_batches = hold_batches   # True: batches stay in_progress until released
+        # Messages past the first `answer_limit` are held open until release_held(): a test can
+        # then act on a client that is provably mid-run, however loaded the machine is.
+        self.answer_limit: int | None = None
+        self._answered = 0
+        self.held = 0                      # requests waiting right now
+        self._gate = threading.Event()
+        self._closing = False
         self._lock = threading.Lock()
         self._scripts: list[_Script] = []
         self._requests: list[RecordedRequest] = []
@@ -106,6 +113,8 @@ class FakeAnthropic:
         return self
 
     def __exit__(self, *exc):
+        self._closing = True
+        self.release_held()
         self._server.shutdown()
         self._server.server_close()
 
@@ -122,6 +131,17 @@ class FakeAnthropic:
 
     def release_batches(self) -> None:
         self.hold_batches = False
+
+    def release_held(self) -> None:
+        """Answer the requests held right now; later ones past the limit are held in turn."""
+        with self._lock:
+            gate, self._gate = self._gate, threading.Event()
+        gate.set()
+
+    def lift_answer_limit(self) -> None:
+        with self._lock:
+            self.answer_limit = None
+        self.release_held()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -304,6 +324,16 @@ class FakeAnthropic:
     def _messages(self, h, rec, body, credential) -> None:
         if self.latency:
             time.sleep(self.latency)
+        with self._lock:
+            self._answered += 1
+            hold = (self.answer_limit is not None and self._answered > self.answer_limit
+                    and not self._closing)
+            self.held += hold
+            gate = self._gate
+        if hold:
+            gate.wait()
+            with self._lock:
+                self.held -= 1
         status, payload, headers, fault = self._answer(body, credential)
         rec.fault = fault
         self._send(h, rec, status, payload, headers)
