@@ -3,8 +3,17 @@
 # drives it). Idempotent: does nothing when /usr/bin/chromium is already there.
 set -euo pipefail
 
+# Debian's /usr/bin/chromium is a launcher script whose /etc/chromium.d/dev-shm snippet breaks
+# ("[: N: unexpected operator") when findmnt reports several /dev/shm mounts; the version is
+# asked of the binary itself so that noise never shows.
+chromium_version() {
+  local bin=/usr/lib/chromium/chromium
+  [ -x "$bin" ] || bin=/usr/bin/chromium
+  "$bin" --version 2>/dev/null || echo "$bin"
+}
+
 if [ -x /usr/bin/chromium ]; then
-  echo "chromium present: $(/usr/bin/chromium --version 2>/dev/null || echo /usr/bin/chromium)"
+  echo "chromium present: $(chromium_version)"
   exit 0
 fi
 
@@ -22,4 +31,4 @@ fi
 echo "installing chromium from Debian (apt-get) ..."
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
-/usr/bin/chromium --version
+echo "chromium installed: $(chromium_version)"

@@ -3,9 +3,9 @@
 The adapter is a real PEFT LoRA on train.standin's model (rank 8, alpha 16, so export folds
 B x 4 and the converter divides it back), with random weights large enough to change what the
 model says. Greedy generation on every ruler input must be token-for-token identical between
-the original adapter and the round-tripped one. Weights lose precision only by the single fp16
-rounding, which must not flip a greedy choice on this model; the logits are also compared, within
-a stated tolerance, so a drift would be visible before it flips tokens.
+the original adapter and the round-tripped one, except at a near-tie of the original's logits.
+Weights lose precision only by the single fp16 rounding; the logits are also compared, within a
+stated tolerance, so a drift would be visible before it flips tokens.
 """
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ torch = pytest.importorskip("torch")
 
 from data.contract import PROMPT_HASH, planner_messages  # noqa: E402
 from data.corpus import ruler_cases  # noqa: E402
+
+try:
+    from tests.greedy_ties import tie_problem  # noqa: E402
+except ImportError:
+    from greedy_ties import tie_problem  # noqa: E402
 from export.fmadapter import main  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -93,5 +98,15 @@ def test_export_inspect_to_peft_gives_identical_greedy_output(standin, original,
     got, got_logits = generate(standin, back)
     plain, _ = generate(standin, None)
     assert want != plain, "the random adapter should change what the model says"
-    assert got == want
     np.testing.assert_allclose(got_logits, want_logits, atol=LOGIT_ATOL, rtol=0)
+    if got != want:
+        # The fp16 rounding moves logits by < LOGIT_ATOL: it may flip a greedy choice only where
+        # the original's top two tokens are that close (tests/greedy_ties.py).
+        from train.models import load_with_adapter
+        model, tok, _ = load_with_adapter(str(standin), original)
+        for case, w, g in zip(ruler_cases(), want, got):
+            prompt = tok.apply_chat_template(planner_messages(case.input), tokenize=False,
+                                             add_generation_prompt=True)
+            problem = tie_problem(model, tok(prompt).input_ids, w, g, eos_id=tok.eos_token_id,
+                                  tol=2 * LOGIT_ATOL)
+            assert problem is None, f"{case.id}: {problem}"

@@ -15,6 +15,11 @@ from eval.pipelines import (OVERGEN_QUESTIONS, LeaveOneOutError, PipelineOptions
                             run_pipeline)
 from eval.ruler import load_ruler
 
+try:
+    from tests.greedy_ties import assert_same_greedy_texts
+except ImportError:
+    from greedy_ties import assert_same_greedy_texts
+
 # Trivial rewordings of ruler tasks (same normalisation as the leak guard must catch them).
 REWORDINGS = {"Plan a trip to Paris": "plan my Paris trip!",
               "Adopt a rescue dog": "Adopting a Rescue Dog.",
@@ -182,7 +187,8 @@ def test_overgen_prune_and_single_on_the_model(sft_model, ruler_cases):
 def test_batched_generation_equals_one_by_one_and_model_generate(sft_model, ruler_cases,
                                                                  standin_dir, monkeypatch):
     """Left padding and rows leaving the batch must not change greedy outputs, and the shrinking
-    loop must produce exactly what `model.generate` produces."""
+    loop must produce what `model.generate` produces (up to near-ties of the logits, where the
+    computations' last bits may pick either token: tests/greedy_ties.py)."""
     import eval.generate as gen
     from train.models import load_with_adapter
     model, tok = sft_model
@@ -190,20 +196,27 @@ def test_batched_generation_equals_one_by_one_and_model_generate(sft_model, rule
     prompts = [gen.render_prompt(base_tok, c.input) for c in ruler_cases[:8]]
     batched = gen.generate_texts(base, base_tok, prompts, max_new_tokens=48, batch_size=8)
     single = gen.generate_texts(base, base_tok, prompts, max_new_tokens=48, batch_size=1)
-    assert batched == single
+    # Equal up to near-ties: padding changes the matmuls' last bits (tests/greedy_ties.py).
+    assert_same_greedy_texts(base, base_tok, prompts, [t[0] for t in batched],
+                             [t[0] for t in single])
     inputs = [c.input for c in ruler_cases[:6]]
     fast = run_pipeline("single", model, tok, inputs,
                         PipelineOptions(max_new_tokens=48, batch_size=6))
     one = run_pipeline("single", model, tok, inputs,
                        PipelineOptions(max_new_tokens=48, batch_size=1))
-    assert [g.text for g in fast] == [g.text for g in one]
+    sft_prompts = [gen.render_prompt(tok, i) for i in inputs]
+    assert_same_greedy_texts(model, tok, sft_prompts, [g.text for g in fast],
+                             [g.text for g in one])
     calls = []
     monkeypatch.setattr(gen, "plain_greedy_config", lambda m: calls.append(1) and False)
     via_generate = gen.generate_texts(base, base_tok, prompts, max_new_tokens=48, batch_size=8)
-    assert calls and via_generate == batched
+    assert calls
+    assert_same_greedy_texts(base, base_tok, prompts, [t[0] for t in via_generate],
+                             [t[0] for t in batched])
     via_generate = run_pipeline("single", model, tok, inputs,
                                 PipelineOptions(max_new_tokens=48, batch_size=6))
-    assert [g.text for g in via_generate] == [g.text for g in fast]
+    assert_same_greedy_texts(model, tok, sft_prompts, [g.text for g in via_generate],
+                             [g.text for g in fast])
 
 
 @pytest.mark.slow
