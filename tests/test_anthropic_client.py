@@ -207,12 +207,18 @@ def test_key_is_redacted_from_errors_and_logs(fake):
 
 def test_concurrency_is_bounded(fake):
     lock, state = threading.Lock(), {"now": 0, "peak": 0}
+    overlapped = threading.Event()
 
     def responder(body):
         with lock:
             state["now"] += 1
             state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.05)
+            if state["now"] >= 2:
+                overlapped.set()
+        # Hold each answer until two requests were in flight together (not a fixed sleep that a
+        # loaded box could outrun); the timeout only bounds a client that never overlaps.
+        overlapped.wait(timeout=120)
+        time.sleep(0.01)
         with lock:
             state["now"] -= 1
         return None                      # then the default answer
