@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 chromium:
 	bash scripts/ensure-chromium.sh
