@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data.contract import parse_assistant, planner_system_prompt
+from data.contract import DiscoveryResult, parse_assistant, planner_system_prompt
 from data.contract.text import sha256_text
 from data.leak import Leak, LeakGuard, ruler_guard
 
@@ -141,7 +141,7 @@ def row_inputs(rows: list[dict]) -> list[str]:
     return out
 
 
-def answer_of(messages) -> "object | None":
+def answer_of(messages) -> DiscoveryResult | None:
     """The contract object in an assistant turn (list of messages or text), or None when the
     text is not one; for the leak guard's gold-side check, which must not fail on odd rows."""
     if isinstance(messages, list):

@@ -36,14 +36,15 @@ def load_sft_datasets(cfg):
 
 def chosen_answers(path) -> list:
     """The answer trained towards in each row with a prompt (the completion, or a preference
-    pair's chosen side), aligned with training_inputs; None where none parses."""
+    pair's chosen side), one per user turn as training_inputs counts them; None where none
+    parses."""
     out = []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 row = json.loads(line)
-                if row.get("prompt"):
-                    out.append(answer_of(row.get("completion", row.get("chosen"))))
+                answer = answer_of(row.get("completion", row.get("chosen")))
+                out += [answer for m in row.get("prompt", []) if m.get("role") == "user"]
     return out
 
 
