@@ -166,8 +166,9 @@ class LeakGuard:
         self.protected = []
         for row in protected:
             pid, text, gold = (tuple(row) + (None,))[:3]
-            self.protected.append((pid, text, content_words(text),
-                                    _titles(gold) if gold is not None else None))
+            # Normalised once here: find_leaks compares every item with every protected case.
+            self.protected.append((pid, text, normalize_input(text), content_words(text),
+                                   _titles(gold) if gold is not None else None))
         self.threshold = threshold
         self.semantic = semantic
         self._encoder = None
@@ -191,16 +192,16 @@ class LeakGuard:
 
     def _lexical(self, where: str, text: str, answer) -> Leak | None:
         words, norm = content_words(text), normalize_input(text)
-        for pid, ptext, pwords, _ in self.protected:
+        for pid, ptext, pnorm, pwords, _ in self.protected:
             # Near-duplicates and containment both need shared content words.
             if words and pwords and words & pwords:
-                if _same_task(norm, words, normalize_input(ptext), pwords):
+                if _same_task(norm, words, pnorm, pwords):
                     return Leak(where, text, pid, ptext)
                 if len(pwords) >= CONTAIN_MIN_WORDS and pwords <= words:
                     return Leak(where, text, pid, ptext, "contains")
         if answer is not None:
             titles = _titles(answer)
-            for pid, ptext, _, gold_titles in self.protected:
+            for pid, ptext, _, _, gold_titles in self.protected:
                 share = _overlap(titles, gold_titles) if gold_titles else 0.0
                 if share >= GOLD_OVERLAP:
                     return Leak(where, text, pid, ptext, "gold", round(share, 3))
