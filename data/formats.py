@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data.contract import planner_system_prompt
+from data.contract import DiscoveryResult, parse_assistant, planner_system_prompt
 from data.contract.text import sha256_text
+from data.leak import Leak, LeakGuard, ruler_guard
 
 FORMATS = ("auto", "prompt_completion", "apple", "messages")
 ROLES = ("system", "user", "assistant")
@@ -138,6 +139,23 @@ def row_inputs(rows: list[dict]) -> list[str]:
         text = r["prompt"][1]["content"]
         out.append(text[len("Task: "):] if text.startswith("Task: ") else text)
     return out
+
+
+def answer_of(messages) -> DiscoveryResult | None:
+    """The contract object in an assistant turn (list of messages or text), or None when the
+    text is not one; for the leak guard's gold-side check, which must not fail on odd rows."""
+    if isinstance(messages, list):
+        messages = messages[-1].get("content") if messages and isinstance(messages[-1], dict) \
+            else None
+    return parse_assistant(messages).result if isinstance(messages, str) else None
+
+
+def row_leaks(rows: list[dict], guard: LeakGuard | None = None) -> list[Leak]:
+    """The leak guard over converted rows: each row's input and its answer (gold side), every
+    offending row listed by file:line."""
+    guard = guard or ruler_guard()
+    return guard.find_leaks((r["where"], t, answer_of(r["completion"]))
+                            for r, t in zip(rows, row_inputs(rows)))
 
 
 def prompt_mismatches(rows: list[dict]) -> list[str]:

@@ -2,7 +2,8 @@
 
 Reads gold cases (the bundled hand-written references by default, or teacher output from
 data.distill / data.import_gold), removes duplicates, refuses any input that equals or nearly
-equals a ruler task (non-zero exit, offending lines listed), splits train/validation with a seed,
+equals, contains, paraphrases or answers with a ruler task (data.leak; exit 2, every offending
+line listed), splits train/validation with a seed,
 and writes both TRL's conversational prompt/completion JSONL and Apple's toolkit JSONL (one JSON
 array of system/user/assistant messages per line), plus a manifest with counts and hashes.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 
 from data.contract import (PROMPT_HASH, Case, ContractError, case_from_dict, planner_messages,
                            read_jsonl, render_assistant, spec_violations)
-from data.corpus import REFERENCES_DIR, ruler_inputs
-from data.leak import LeakError, LeakGuard, near_duplicate, normalize_input
+from data.corpus import REFERENCES_DIR
+from data.leak import LeakError, near_duplicate, normalize_input, ruler_guard
 
 DEFAULT_OUT = Path("runs/data/sft")
 
@@ -104,8 +105,8 @@ def build_sft_data(gold_paths: list[Path], out_dir: Path, *, val_fraction: float
                    seed: int = 0, ruler_cases_dir: Path | None = None) -> BuildReport:
     items = load_gold(gold_paths)
     report = BuildReport(n_in=len(items))
-    leaks = LeakGuard(ruler_inputs(ruler_cases_dir)).find_leaks(
-        (where, case.input) for where, case in items)
+    leaks = ruler_guard(ruler_cases_dir).find_leaks(
+        (where, case.input, case.gold) for where, case in items)
     if leaks:
         raise LeakError(leaks)
     items, report.duplicates = dedupe(items)

@@ -9,7 +9,11 @@ object (either key style) or the model's raw text} or {"id" or "input", "error":
 whose generation failed. Every line is gated by the spec gate (a failure scores 0 and its
 violations are kept); the passing ones are judged; the judged records are written with --out
 (the format eval.score and eval.calibrate read) and the scorecard is printed. The ruler is
-verified first: nothing is scored on a ruler that does not match its manifest.
+verified first: nothing is scored on a ruler that does not match its manifest. A line that
+repeats a case, names no ruler case, or is stamped ("ruler": {"version", "hash"}) with another
+ruler's hash is refused (exit 1, all of them named by file:line) unless --allow-duplicates (the
+first line of each case is judged), --allow-unknown (such lines are skipped) or
+--allow-other-ruler.
 
 `offline` is a deterministic proxy (no network) whose numbers are not comparable with published
 ones; its similarity backend is sentence embeddings (bundled all-MiniLM-L6-v2) unless
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from data.contract import ContractError, DiscoveryResult, parse_assistant, read_jsonl, \
     spec_violations
-from data.leak import normalize_input
+from eval.coverage import Coverage, Entry, check_entries, refusal_message
 from eval.judges import JUDGE_NAMES, JudgeItem, get_judge
 from eval.metric import render_scorecard, scorecard
 from eval.records import JudgedRecord, write_records
@@ -33,45 +37,48 @@ from eval.ruler import RulerError, load_ruler
 from eval.verdict import Verdict
 
 
-def read_candidates(path, cases) -> dict[str, tuple[DiscoveryResult | None, str | None]]:
-    """Map ruler case id -> (candidate, generation error); errors name file:line:key."""
-    by_id = {c.id: c for c in cases}
-    by_input = {normalize_input(c.input): c for c in cases}
-    out: dict[str, tuple[DiscoveryResult | None, str | None]] = {}
-    first_line: dict[str, str] = {}
+def read_candidates(path, cases, ruler: dict
+                    ) -> tuple[dict[str, tuple[DiscoveryResult | None, str | None]], Coverage]:
+    """(ruler case id -> (candidate, generation error), coverage). Malformed lines raise
+    ContractError naming file:line:key; repeated, unknown and other-ruler lines are listed in the
+    coverage (eval.coverage) for the caller to refuse or allow; only the first line of each
+    known case is read."""
+    rows = []
     for where, obj in read_jsonl(path, what="candidate"):
         if not isinstance(obj, dict):
             raise ContractError(f"{where}: expected a JSON object")
-        if "id" in obj:
-            case = by_id.get(str(obj["id"]))
-            if case is None:
-                raise ContractError(f"{where}: key 'id': {obj['id']!r} is not a ruler case")
-        elif isinstance(obj.get("input"), str):
-            case = by_input.get(normalize_input(obj["input"]))
-            if case is None:
-                raise ContractError(f"{where}: key 'input': {obj['input']!r} is not a ruler task")
-        else:
+        if "id" not in obj and not isinstance(obj.get("input"), str):
             raise ContractError(f"{where}: a candidate line needs key 'id' or 'input'")
-        if case.id in first_line:
-            raise ContractError(f"{where}: case {case.id} already given at {first_line[case.id]}")
-        first_line[case.id] = where
+        stamp = obj.get("ruler")
+        if stamp is not None and not (isinstance(stamp, dict) and "hash" in stamp):
+            raise ContractError(f"{where}: key 'ruler' must be an object with 'version' and "
+                                "'hash'")
+        rows.append((where, obj))
+    entries = [Entry(w, str(o["id"]) if "id" in o else None,
+                     o.get("input") if isinstance(o.get("input"), str) else None, o.get("ruler"))
+               for w, o in rows]
+    cov = check_entries(entries, cases, ruler)
+    out: dict[str, tuple[DiscoveryResult | None, str | None]] = {}
+    for i, ((where, obj), case_id) in enumerate(zip(rows, cov.case_of)):
+        if case_id is None or i in cov.repeat_index:
+            continue
         err = obj.get("error")
         cand = obj.get("candidate")
         if err is not None:
             if not isinstance(err, str):
                 raise ContractError(f"{where}: key 'error' must be a string")
-            out[case.id] = (None, err)
+            out[case_id] = (None, err)
         elif isinstance(cand, str):
             parsed = parse_assistant(cand)
-            out[case.id] = ((parsed.result, None) if parsed.result is not None
+            out[case_id] = ((parsed.result, None) if parsed.result is not None
                             else (None, "unparseable output: " + "; ".join(parsed.problems)))
         elif isinstance(cand, dict):
-            out[case.id] = (DiscoveryResult.from_dict(cand, where=f"{where}: key 'candidate'",
+            out[case_id] = (DiscoveryResult.from_dict(cand, where=f"{where}: key 'candidate'",
                                                       exact_questions=None), None)
         else:
             raise ContractError(f"{where}: needs key 'candidate' (contract object or text) or "
                                 "key 'error'")
-    return out
+    return out, cov
 
 
 def build_judge(args):
@@ -167,6 +174,13 @@ def main(argv=None) -> int:
     p.add_argument("--allow-missing", action="store_true",
                    help="score ruler cases missing from the file as errors instead of refusing")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="judge the first line of each ruler case and ignore later repeats "
+                        "(default: refuse a file that repeats a case, exit 1)")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="skip lines whose id or input is not a ruler case (default: refuse)")
+    p.add_argument("--allow-other-ruler", action="store_true",
+                   help="accept lines stamped with another ruler's hash (default: refuse)")
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error("--samples must be at least 1")
@@ -175,8 +189,17 @@ def main(argv=None) -> int:
     except RulerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    ruler = {"version": info.version, "hash": info.hash}
     try:
-        candidates = read_candidates(args.candidates, cases)
+        candidates, cov = read_candidates(args.candidates, cases, ruler)
+        bad = cov.refusals(allow_duplicates=args.allow_duplicates,
+                           allow_unknown=args.allow_unknown,
+                           allow_other_ruler=args.allow_other_ruler)
+        if bad:
+            print(f"error: {refusal_message(args.candidates, bad)}", file=sys.stderr)
+            return 1
+        for note in cov.duplicates + cov.unknown:
+            print(f"warning: ignored {note}", file=sys.stderr)
         missing = [c.id for c in cases if c.id not in candidates]
         if missing and not args.allow_missing:
             raise ContractError(f"{args.candidates}: no line for {len(missing)} ruler case(s): "
@@ -186,7 +209,6 @@ def main(argv=None) -> int:
     except (ContractError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    ruler = {"version": info.version, "hash": info.hash}
     records = judge_candidates(cases, candidates, judge, ruler=ruler, experiment=args.experiment)
     if args.out:
         write_records(args.out, records)

@@ -10,13 +10,16 @@ batched generation (eval.generate), so a run is repeatable bit for bit.
   generated (never padded); the spec gate judges it.
 - retrieval: the k pool examples nearest to the task (stemmed content-word overlap, the leak
   guard's normalisation) are shown as user/assistant demonstrations before the task. Leave-one-out
-  holds by construction: `choose_demonstrations` removes every pool item whose input equals or
-  nearly equals the case's input (data.leak.near_duplicate) before ranking, and
+  holds by construction: `choose_demonstrations` removes, before ranking, every pool item the
+  training leak guard would flag against the case (data.leak.LeakGuard: a near-equal input after
+  Unicode folding, an input containing the case's task, a semantic paraphrase, or — when the
+  case's gold is known, as it is for ruler inputs — an answer repeating that gold), and
   `retrieval_messages` refuses to build a prompt that would show such an item anyway. A case is
   never shown its own gold, even when the pool contains the ruler itself.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,8 @@ from pathlib import Path
 from data.contract import (N_QUESTIONS, Case, ContractError, DiscoveryResult, case_from_dict,
                            load_cases, parse_assistant, planner_messages, planner_user_message,
                            read_jsonl, render_assistant)
-from data.leak import content_words, near_duplicate
+from data.corpus import ruler_cases
+from data.leak import LeakGuard, content_words, normalize_input
 from eval.generate import Generation, generate_from_prompts, render_messages
 
 PIPELINES = ("single", "overgen-prune", "retrieval")
@@ -120,24 +124,44 @@ def similarity(a_words: frozenset, b_words: frozenset) -> float:
     return len(a_words & b_words) / len(a_words | b_words)
 
 
-def choose_demonstrations(task_input: str, pool: list[Case], k: int
-                          ) -> tuple[list[Case], list[str]]:
+def _self_items(task_input: str, items: list[Case], gold: DiscoveryResult | None) -> set[int]:
+    """Indexes of the items the leak guard flags against the task (and its gold, if known)."""
+    guard = LeakGuard([("task", task_input, gold)])
+    leaks = guard.find_leaks((str(i), ex.input, ex.gold) for i, ex in enumerate(items))
+    return {int(lk.where) for lk in leaks}
+
+
+def ruler_gold(task_input: str) -> DiscoveryResult | None:
+    """The frozen ruler's gold for this input, so retrieval also refuses an example that
+    carries that gold under another input."""
+    return _ruler_golds().get(normalize_input(task_input))
+
+
+@functools.lru_cache(maxsize=1)
+def _ruler_golds() -> dict:
+    return {normalize_input(c.input): c.gold for c in ruler_cases()}
+
+
+def choose_demonstrations(task_input: str, pool: list[Case], k: int,
+                          gold: DiscoveryResult | None = None) -> tuple[list[Case], list[str]]:
     """(the k nearest allowed examples, ids of the pool items excluded as the case itself).
 
     The exclusion runs before ranking, so an excluded item can never be chosen.
     """
-    allowed, excluded = [], []
-    for ex in pool:
-        (excluded if near_duplicate(ex.input, task_input) else allowed).append(ex)
+    flagged = _self_items(task_input, pool, gold)
+    allowed = [ex for i, ex in enumerate(pool) if i not in flagged]
+    excluded = [ex for i, ex in enumerate(pool) if i in flagged]
     words = content_words(task_input)
     ranked = sorted(allowed, key=lambda ex: (-similarity(words, content_words(ex.input)), ex.id))
     return ranked[:max(0, k)], [ex.id for ex in excluded]
 
 
-def retrieval_messages(task_input: str, demos: list[Case]) -> list[dict]:
+def retrieval_messages(task_input: str, demos: list[Case],
+                       gold: DiscoveryResult | None = None) -> list[dict]:
     """System prompt, demonstrations as past turns, then the task; refuses a self-demonstration."""
-    for d in demos:
-        if near_duplicate(d.input, task_input):
+    flagged = _self_items(task_input, demos, gold)
+    for i, d in enumerate(demos):
+        if i in flagged:
             raise LeaveOneOutError(f"demonstration {d.id!r} ({d.input!r}) is the task itself "
                                    f"({task_input!r}); it must never be shown")
     system, user = planner_messages(task_input)
@@ -237,7 +261,7 @@ def run_pipeline(name: str, model, tokenizer, inputs: list[str],
         budget = limit - opts.max_new_tokens if limit else None
         prompts, details = [], []
         for t in inputs:
-            demos, excluded = choose_demonstrations(t, pool, opts.k)
+            demos, excluded = choose_demonstrations(t, pool, opts.k, ruler_gold(t))
             prompt, shown = _fit_demonstrations(tokenizer, t, demos, budget)
             prompts.append(prompt)
             details.append({"demonstrations": [{"id": d.id, "input": d.input} for d in shown],

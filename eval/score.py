@@ -7,6 +7,11 @@ The ruler is verified first (a ruler that does not match its manifest stops scor
 With --by experiment there is one scorecard per experiment; --baseline NAME then compares every
 other experiment with NAME case by case. --compare B.jsonl compares two runs on the same cases
 (paired bootstrap + sign test) and says whether the difference is distinguishable from noise.
+
+A file (or, with --by experiment, an experiment) that repeats a ruler case, holds a record that
+is not a ruler case, or was judged on another ruler is refused (exit 1, every such record named
+by file:line) unless --allow-duplicates (score the first record of each case),
+--allow-unknown (score non-ruler records too) or --allow-other-ruler says otherwise.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import sys
 from pathlib import Path
 
 from data.leak import normalize_input
+from eval.coverage import Entry, check_entries, refusal_message
 from eval.metric import paired_comparison, render_comparison, render_scorecard, scorecard
 from eval.records import RecordError, read_records
 from eval.ruler import RulerError, load_ruler
@@ -39,6 +45,24 @@ def ruler_notices(records, cases, info) -> list[str]:
     return notes
 
 
+def checked(records, cases, ruler, source: str, args) -> list:
+    """The records to score: refuses (ValueError) duplicate, unknown and other-ruler records
+    unless allowed; with --allow-duplicates only the first record of each case is kept."""
+    cov = check_entries([Entry(r.where, r.case_id, r.input, r.ruler) for r in records],
+                        cases, ruler)
+    bad = cov.refusals(allow_duplicates=args.allow_duplicates, allow_unknown=args.allow_unknown,
+                       allow_other_ruler=args.allow_other_ruler)
+    if bad:
+        raise RefusedRecords(refusal_message(source, bad))
+    for d in cov.duplicates:
+        print(f"warning: dropped {d}", file=sys.stderr)
+    return [r for i, r in enumerate(records) if i not in cov.repeat_index]
+
+
+class RefusedRecords(ValueError):
+    """Records that would distort the headline; exit 1."""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.score", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +76,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="score the first record of each ruler case and drop later repeats "
+                        "(default: refuse a file that repeats a case)")
+    p.add_argument("--allow-unknown", action="store_true",
+                   help="score records that are not ruler cases too (default: refuse them)")
+    p.add_argument("--allow-other-ruler", action="store_true",
+                   help="score records judged on another ruler version (default: refuse them)")
     args = p.parse_args(argv)
     if args.baseline and args.by != "experiment":
         p.error("--baseline needs --by experiment")
@@ -73,6 +104,15 @@ def main(argv=None) -> int:
             groups.setdefault(r.experiment or "(no experiment)", []).append(r)
     else:
         groups[Path(args.records).name] = records
+    try:
+        groups = {label: checked(recs, cases, ruler, f"{args.records} ({label})" if args.by
+                                 else args.records, args) for label, recs in groups.items()}
+        if other is not None:
+            other = checked(other, cases, ruler, args.compare, args)
+        records = [r for recs in groups.values() for r in recs]
+    except RefusedRecords as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     proxy = any((r.judge or "").startswith("offline@") for r in records)
     out = {"ruler": ruler, "scorecards": [], "comparisons": []}
     for label, recs in groups.items():

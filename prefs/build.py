@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
-from data.contract import JUDGE_PROMPT_HASH, PROMPT_HASH, ContractError
-from data.corpus import REFERENCES_DIR, ruler_inputs
-from data.leak import LeakError, LeakGuard, normalize_input
+from data.contract import JUDGE_PROMPT_HASH, PROMPT_HASH, ContractError, DiscoveryResult
+from data.corpus import REFERENCES_DIR
+from data.leak import LeakError, normalize_input, ruler_guard
 from data.sft import dedupe, load_gold, write_jsonl_atomic
 from prefs.pairs import (REJECTION_KINDS, PrefsOptions, PrefsReport, apple_pair, judge_candidates,
                          select_pairs, sidecar_row, task_candidates, trl_pair)
@@ -52,11 +52,13 @@ def build_prefs(gold_paths: list[Path], out_dir: Path, judge, *, options: PrefsO
                 ruler_cases_dir: Path | None = None, progress: bool = True) -> PrefsReport:
     options.check()
     items = load_gold(gold_paths)
-    leaks = LeakGuard(ruler_inputs(ruler_cases_dir)).find_leaks((w, c.input) for w, c in items)
+    guard = ruler_guard(ruler_cases_dir)
+    leaks = guard.find_leaks((w, c.input, c.gold) for w, c in items)
     drafts_by_input: dict[str, list] = {}
     for f in drafts_files:
         rows = read_drafts(f)
-        leaks += LeakGuard(ruler_inputs(ruler_cases_dir)).find_leaks((w, t) for w, t, _ in rows)
+        leaks += guard.find_leaks((w, t, c if isinstance(c, DiscoveryResult) else None)
+                                  for w, t, c in rows)
         for w, t, cand in rows:
             drafts_by_input.setdefault(normalize_input(t), []).append((cand, {"draft": w}))
     if leaks:

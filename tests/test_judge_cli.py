@@ -97,10 +97,10 @@ def test_bad_candidate_files_are_refused_with_file_line_key(ruler, tmp_path, cap
     capsys.readouterr()
     path = write_jsonl(tmp_path / "unknown.jsonl", rows[:3] + [{"id": "ruler-99",
                                                                 "candidate": rows[0]["candidate"]}])
-    assert judge_main(base + [str(path)]) == 2
+    assert judge_main(base + [str(path)]) == 1       # scored wrong, not malformed: exit 1
     assert f"{path}:4: key 'id': 'ruler-99' is not a ruler case" in capsys.readouterr().err
     path = write_jsonl(tmp_path / "twice.jsonl", rows + [rows[0]])
-    assert judge_main(base + [str(path)]) == 2
+    assert judge_main(base + [str(path)]) == 1
     assert f"{path}:31: case ruler-01 already given at {path}:1" in capsys.readouterr().err
     path = write_jsonl(tmp_path / "ok.jsonl", rows)
     assert judge_main(base + [str(path), "--swap"]) == 2

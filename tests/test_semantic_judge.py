@@ -16,7 +16,7 @@ from data.corpus import ruler_inputs
 from data.leak import LeakGuard
 from eval.calibration_set import LEVELS, build_calibration_set, ordering_accuracy
 from eval.judges import JudgeItem, get_judge
-from eval.judges import embedding as emb
+from data import embedding as emb  # the loader lives in data/ (the leak guard uses it)
 from eval.judges.offline import BACKEND_ENV, OfflineJudge
 from eval.judges.offline_features import EmbeddingSimilarity, semantic_compound_rate
 from eval.judges.slots import INVENTORY_PATH, SlotInventory, cluster_domain

@@ -3,12 +3,13 @@ any supported format as prompt/completion datasets, and the run.json data record
 every training input for eval's leak check, ruler leaks, system-prompt mismatches)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-from data.corpus import ruler_inputs
-from data.formats import FormatError, load_rows, prompt_mismatches, row_inputs
-from data.leak import LeakGuard
+from data.formats import (FormatError, answer_of, load_rows, prompt_mismatches, row_inputs,
+                          row_leaks)
+from data.leak import ruler_guard
 from train.common import file_sha256, training_inputs
 from train.config import ConfigError
 
@@ -33,27 +34,42 @@ def load_sft_datasets(cfg):
     return train, val, rows
 
 
+def chosen_answers(path) -> list:
+    """The answer trained towards in each row with a prompt (the completion, or a preference
+    pair's chosen side), one per user turn as training_inputs counts them; None where none
+    parses."""
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                answer = answer_of(row.get("completion", row.get("chosen")))
+                out += [answer for m in row.get("prompt", []) if m.get("role") == "user"]
+    return out
+
+
 def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int) -> dict:
     """What run.json says about a prompt/completion or preference file (ORPO and train.prefs),
     including every training input for eval's leak check."""
     inputs = training_inputs(train_file)
-    leaks = LeakGuard(ruler_inputs()).find_leaks((f"{train_file}#{i + 1}", t)
-                                                 for i, t in enumerate(inputs))
+    answers = chosen_answers(train_file)
+    leaks = ruler_guard().find_leaks((f"{train_file}#{i + 1}", t, a)
+                                     for i, (t, a) in enumerate(zip(inputs, answers)))
     return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
             "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
             "n_train": n_train, "n_val": n_val, "inputs": inputs,
-            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks]}
+            "ruler_leaks": [lk.describe() for lk in leaks]}
 
 
 def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_val: int) -> dict:
     """data_record for SFT rows of any format (data.formats): the same leak guard over the
     converted rows' inputs, with file:line locations, plus the system prompt check."""
     inputs = row_inputs(rows)
-    leaks = LeakGuard(ruler_inputs()).find_leaks((r["where"], t) for r, t in zip(rows, inputs))
+    leaks = row_leaks(rows)
     return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
             "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
             "n_train": len(rows), "n_val": n_val, "inputs": inputs,
-            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks],
+            "ruler_leaks": [lk.describe() for lk in leaks],
             "prompt_mismatches": prompt_mismatches(rows)}
 
 

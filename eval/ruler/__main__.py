@@ -53,18 +53,17 @@ def cmd_build(args) -> int:
     if not tasks:
         raise RulerError(f"{args.tasks}: no tasks")
     existing, _ = load_ruler(verify=False, ruler_dir=args.ruler_dir)
-    guard = LeakGuard((c.id, c.input) for c in existing)
-    dups = [(t, guard.match(t.input)) for t in tasks]
-    dups = [(t, hit) for t, hit in dups if hit]
+    # One find_leaks call per side: the encoder embeds each side once, in batches.
+    dups = LeakGuard((c.id, c.input, c.gold) for c in existing).find_leaks(
+        (t.id, t.input) for t in tasks)
     if dups:
-        lines = [f"  {t.id}: {t.input!r} ~ {pid} {ptext!r}" for t, (pid, ptext) in dups]
+        lines = ["  " + lk.describe() for lk in dups]
         raise RulerError(f"{args.tasks}: task(s) already on the ruler:\n" + "\n".join(lines))
-    pool_guard = LeakGuard((t.id, t.input) for t in tasks)
-    in_pool = [(p, pool_guard.match(p.input)) for p in pool_tasks()]
-    for p, hit in in_pool:
-        if hit:
-            print(f"note: ruler task {hit[0]} ({hit[1]!r}) is also in the training pool as "
-                  f"{p.id}; the leak guard will keep it out of training", file=sys.stderr)
+    for lk in LeakGuard((t.id, t.input) for t in tasks).find_leaks(
+            (p.id, p.input) for p in pool_tasks()):
+        print(f"note: ruler task {lk.protected_id} ({lk.protected_input!r}) is also in the "
+              f"training pool as {lk.where}; the leak guard will keep it out of training",
+              file=sys.stderr)
 
     # lazy: the teacher client is only needed here
     from data.anthropic_client import ClaudeAPIError
