@@ -49,7 +49,8 @@ def source_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in (".json", ".jsonl"))
+            found = sorted(f for f in p.rglob("*")
+                           if f.is_file() and f.suffix in (".json", ".jsonl"))
             if not found:
                 raise ContractError(f"{p}: no .json or .jsonl files in the folder")
             files += found
