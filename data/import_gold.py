@@ -119,6 +119,9 @@ def import_gold(paths: list[str | Path], out_path: str | Path,
     files = source_files([Path(p) for p in paths])
     summary = ImportSummary(files=len(files), out_path=str(out_path),
                             quarantine_path=str(quarantine_path))
+    # Every file is read before the output is opened: an unreadable one stops the import
+    # without touching the output or the quarantine.
+    parsed = [(f, list(raw_cases(f))) for f in files]
     with AppendLog(out_path) as out, AppendLog(quarantine_path) as quarantine:
         # id -> (input, answer) of what the output already holds: a later case with the same id
         # but another input or answer is a conflict (quarantined), never "already present".
@@ -128,8 +131,8 @@ def import_gold(paths: list[str | Path], out_path: str | Path,
         rejected = {(o.get("where"), o.get("reason")) for _w, o in read_records(quarantine_path)
                     if isinstance(o, dict)}
         seen_here: dict[str, tuple[str, str]] = {}
-        for f in files:
-            for where, obj, problem in raw_cases(f):
+        for f, rows in parsed:
+            for where, obj, problem in rows:
                 reason = problem
                 case = None
                 if not reason:

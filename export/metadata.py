@@ -88,7 +88,7 @@ def _secret_parts(secret: str) -> set[str]:
     for pre in _KNOWN_PREFIXES:
         if secret.startswith(pre) and len(secret) - len(pre) >= 8:
             parts.add(secret[len(pre):])
-    parts |= {piece for piece in re.split(r"[-_.]", secret) if len(piece) >= 12}
+    parts |= {piece for piece in re.split(r"[-_.]", secret) if len(piece) >= 10}
     return parts
 
 
