@@ -60,7 +60,6 @@ RANGES: dict[str, tuple] = {
     "logging_steps": _at_least(1),
     "save_steps": _at_least(1),
     "save_total_limit": _at_least(1),
-    "num_generations": _at_least(2),
     "discriminator_steps": _at_least(1),
     "temperature": _POSITIVE,
     "top_p": ((lambda v: 0 < v <= 1), "0 < value <= 1"),
