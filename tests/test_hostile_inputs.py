@@ -89,6 +89,12 @@ def _train_yaml(args):
     return main(["--config", *args])
 
 
+def _train_data(args):
+    from train.sft import main
+    return main(["--config", str(REPO / "configs/tiny-sft.yaml"), "--train_file", *args,
+                 "--val_file", "none", "--output_dir", "OUT/run"])
+
+
 LONG_TASK = "Plan " + "a very long trip " * (MAX_TASK_CHARS // 10)
 READER_CASES = [
     # (id, cli, file name, bytes, what stderr must say besides the file name)
@@ -111,6 +117,7 @@ READER_CASES = [
     ("judge-utf8", _judge, "candidates.jsonl", BAD_UTF8, ":2: not valid UTF-8"),
     ("calibrate-utf8", _calibrate, "verdicts.jsonl", BAD_UTF8, ":2: not valid UTF-8"),
     ("prefs-utf8", _prefs, "gold.jsonl", BAD_UTF8, ":2: not valid UTF-8"),
+    ("train-data-utf8", _train_data, "train.jsonl", BAD_UTF8, ":2: not valid UTF-8"),
     ("train-yaml-utf8", _train_yaml, "bad.yaml", b"lora_r: 8\nnote: \xff\n", ":2: not valid UTF-8"),
 ]
 
