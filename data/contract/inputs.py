@@ -44,14 +44,13 @@ def regular_file(path, *, what: str = "file") -> Path:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise InputError(f"{path}: no such {what}") from None
+        raise InputError(f"{path}: no such file") from None
     except OSError as e:
-        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
+        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{path}: is a folder, expected a {what}")
+        raise InputError(f"{path}: is a folder, expected a file ({what})")
     if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{path}: not a regular file (a FIFO, socket or device); expected a "
-                         f"{what}")
+        raise InputError(f"{path}: not a regular file (a FIFO, socket or device), not read")
     return path
 
 
@@ -64,10 +63,10 @@ def read_bytes(path, *, what: str = "file", limit: int | None = None) -> bytes:
         # O_NONBLOCK: should the file be swapped for a FIFO after the check, open still returns.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
-        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
+        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise InputError(f"{path}: not a regular file; expected a {what}")
+            raise InputError(f"{path}: not a regular file (a FIFO, socket or device), not read")
         return fh.read()
 
 
