@@ -25,6 +25,10 @@ NAME_RE = re.compile(r"^\w+$", re.ASCII)
 SIGNATURE_RE = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_AUTHOR = "3P developer"
 DRAFT_TOKEN_COUNT = 5
+# metadata.json is a few KiB as the toolkit writes it; anything near this is not metadata (a 50 MB
+# description once read as "valid" and took 236 MB of memory). Nesting: ours is 4 deep.
+MAX_METADATA_BYTES = 1 << 20
+MAX_METADATA_DEPTH = 32
 METADATA_TYPES = {
     "adapterIdentifier": str, "author": str, "baseModelSignature": str, "creatorDefined": dict,
     "description": str, "license": str, "loraRank": int, "speculativeDecodingDraftTokenCount": int,

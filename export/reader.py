@@ -29,10 +29,7 @@ from export.plan import ADAPTER_FILE, METADATA_FILE, WEIGHTS_FILE, ExportError
 
 DRAFT_FILES = ("draft.mil", "draft_weights.bin")
 PACKAGE_SUFFIX = ".fmadapter"
-# metadata.json is a few KiB as the toolkit writes it; anything near this is not metadata (a 50 MB
-# description once read as "valid" and took 236 MB of memory). Nesting: ours is 4 deep.
-MAX_METADATA_BYTES = 1 << 20
-MAX_METADATA_DEPTH = 32
+MAX_METADATA_BYTES, MAX_METADATA_DEPTH = md.MAX_METADATA_BYTES, md.MAX_METADATA_DEPTH
 
 
 @dataclass

@@ -430,6 +430,8 @@ def _secret_cases():
         ("description-users", {}, ["--description", "see /Users/alice/secret.txt"], "home folder"),
         ("author-env-token", {"MY_SERVICE_TOKEN": "tok_live_8f3K2pQ9xZ"}, ["--author", "Ann 8f3K2pQ9xZ"], "--author: contains a secret"),
         ("license-entropy", {}, ["--license", "token qX7vR2mK9pL4sT8wZ3nB6cJ1"], "--license: contains what looks like a secret"),
+        ("creator-deep", {}, ["--creator-defined", "[" * 50_000 + "]" * 50_000], "nested too deeply"),
+        ("creator-nested-31", {}, ["--creator-defined", '{"a": ' + "[" * 31 + "]" * 31 + "}"], "nested more than 30 levels"),
         ("creator-entropy", {}, ["--creator-defined", json.dumps({"auth": "Zk3Pq8Rw2Lm5Xv9Tn4Bc7Hd"})], "auth: contains what looks like a secret"),
     ]
 
