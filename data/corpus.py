@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.contract import Case, ContractError, case_from_dict, read_jsonl
+from data.contract.inputs import check_length, read_text_lines, require_records
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -27,21 +28,23 @@ class Task:
 
 
 def read_tasks(path) -> list[Task]:
-    """Tasks from plain text (one per line, `#` comments) or JSONL with `id`/`input`."""
+    """Tasks from plain text (one per line, `#` comments) or JSONL with `id`/`input`.
+
+    Read through data.contract.inputs: UTF-8 without BOM, a task at most MAX_TASK_CHARS
+    characters, and a file without any task is an error (file:line in every message)."""
     path = Path(path)
     tasks: list[Task] = []
     if path.suffix == ".jsonl":
         for where, obj in read_jsonl(path, what="task"):
-            if not isinstance(obj, dict) or not isinstance(obj.get("input"), str) \
-                    or not obj["input"].strip():
+            if not isinstance(obj.get("input"), str) or not obj["input"].strip():
                 raise ContractError(f"{where}: a task needs a non-empty string 'input'")
+            check_length(obj["input"].strip(), where, what="task 'input'")
             tid = str(obj.get("id") or f"{path.stem}-{len(tasks) + 1:04d}")
             tasks.append(Task(tid, obj["input"].strip(), str(obj.get("domain", ""))))
     else:
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                tasks.append(Task(f"{path.stem}-{lineno:04d}", line))
+        for _where, lineno, line in read_text_lines(path, what="task"):
+            tasks.append(Task(f"{path.stem}-{lineno:04d}", line))
+    require_records(tasks, path, what="tasks")
     seen: dict[str, str] = {}
     for t in tasks:
         if t.id in seen:

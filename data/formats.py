@@ -21,6 +21,7 @@ from pathlib import Path
 
 from data.contract import DiscoveryResult, parse_assistant, planner_system_prompt
 from data.contract.text import sha256_text
+from data.contract.inputs import InputError, read_jsonl
 from data.leak import Leak, LeakGuard, ruler_guard
 
 FORMATS = ("auto", "prompt_completion", "apple", "messages")
@@ -80,15 +81,12 @@ def convert_row(row, fmt: str, where: str) -> dict:
 
 
 def _jsonl_rows(path: Path):
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    # The shared reader (UTF-8 without BOM, regular file, line limit); rows may be arrays
+    # (Apple's toolkit format), so any JSON value is accepted here and checked per format.
+    try:
+        yield from read_jsonl(path, what="training row", objects=False)
+    except InputError as e:
+        raise FormatError(str(e)) from None
 
 
 def _dataset_rows(path: Path):

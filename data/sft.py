@@ -21,6 +21,7 @@ from pathlib import Path
 
 from data.contract import (PROMPT_HASH, Case, ContractError, case_from_dict, planner_messages,
                            read_jsonl, render_assistant, spec_violations)
+from data.contract.inputs import require_records
 from data.corpus import REFERENCES_DIR
 from data.leak import LeakError, near_duplicate, normalize_input, ruler_guard
 
@@ -42,8 +43,11 @@ def load_gold(paths: list[Path]) -> list[tuple[str, Case]]:
     out = []
     for p in paths:
         files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+        if not files:
+            raise ContractError(f"{p}: no .jsonl gold files in the folder")
         for f in files:
-            for where, obj in read_jsonl(f, what="gold record"):
+            for where, obj in require_records(read_jsonl(f, what="gold record"), f,
+                                              what="gold records"):
                 case = case_from_dict(obj, where=where)
                 bad = spec_violations(case.gold)
                 if bad:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from data.appendlog import write_text_atomically
 from data.contract import RUBRIC_DIMENSIONS
-from eval.log import DEFAULT_DB, case_records, read_experiments, running_best_series
+from eval.log import (DEFAULT_DB, LogError, case_records, connect_readonly, read_experiments,
+                      running_best_series)
 
 STATUS_COLOURS = {"kept": "#1b9e77", "discarded": "#9e9e9e", "invalid": "#d62728"}
 
@@ -309,9 +310,10 @@ def main(argv=None) -> int:
     p.add_argument("--db", default=str(DEFAULT_DB), help=f"experiment log (default {DEFAULT_DB})")
     p.add_argument("--title", default="fmdistill experiments")
     args = p.parse_args(argv)
-    if not Path(args.db).exists():
-        print(f"error: {args.db}: no experiment log here (run python -m eval.run first)",
-              file=sys.stderr)
+    try:
+        connect_readonly(args.db).close()       # missing, foreign or not SQLite: exit 2
+    except LogError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     out = write_dashboard(args.db, args.out, args.title)
     n = len(read_experiments(args.db))

@@ -4,6 +4,8 @@
   python -m eval.log show ID [--db ...] [--cases]
   python -m eval.log invalidate ID --reason TEXT [--db ...]
 
+`list` and `show` (and the dashboard) open the log read-only (SQLite `mode=ro`): they never create
+or change a file, and a missing file or one that is not an experiment log is an error (exit 2).
 Rows are only ever inserted: the code has no path that changes or removes one, and triggers in
 the database refuse any attempt. Marking an experiment invalid appends an `invalidation` row that
 references it; every reader (this CLI, eval.run's running best, the dashboard) folds those rows in,
@@ -23,9 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
+import stat
 import sys
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +140,44 @@ def connect(db_path) -> sqlite3.Connection:
     return conn
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def connect_readonly(db_path) -> sqlite3.Connection:
+    """Open an existing log for reading only (`mode=ro`): nothing is created, migrated or
+    written, so a read command can never turn a stray file into a database. A missing file,
+    a FIFO or folder, or a file that is not an experiment log is a LogError naming it."""
+    db_path = Path(db_path)
+    try:
+        st = os.stat(db_path)
+    except FileNotFoundError:
+        raise LogError(f"{db_path}: no experiment log here (run python -m eval.run first)") \
+            from None
+    if not stat.S_ISREG(st.st_mode):
+        raise LogError(f"{db_path}: not a regular file, so not an experiment log")
+    # The header is checked first: SQLite would read an empty or foreign file as an empty db.
+    with open(db_path, "rb") as fh:
+        if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise LogError(f"{db_path}: not an experiment log (not an SQLite database)")
+    uri = f"file:{urllib.parse.quote(str(db_path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=60, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "experiments", "case_results"} <= tables:
+            conn.close()
+            raise LogError(f"{db_path}: an SQLite database but not an experiment log (tables "
+                           f"{sorted(tables)})")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise LogError(f"{db_path}: cannot read the experiment log ({e})") from None
+    if row is not None and row["value"] != str(SCHEMA_VERSION):
+        conn.close()
+        raise LogError(f"{db_path}: experiment log schema {row['value']}, this code reads "
+                       f"{SCHEMA_VERSION}")
+    return conn
+
+
 def _experiments(conn) -> list[Experiment]:
     rows = [dict(r) for r in conn.execute("SELECT * FROM experiments ORDER BY id")]
     exps = {r["id"]: Experiment(r["id"], r["created_at"], r,
@@ -148,10 +191,11 @@ def _experiments(conn) -> list[Experiment]:
 
 
 def read_experiments(db_path) -> list[Experiment]:
-    """Every experiment in run order, with invalidations folded in."""
+    """Every experiment in run order, with invalidations folded in (read-only; none when the
+    log does not exist yet)."""
     if not Path(db_path).exists():
         return []
-    conn = connect(db_path)
+    conn = connect_readonly(db_path)
     try:
         return _experiments(conn)
     finally:
@@ -188,7 +232,7 @@ def decide_status(headline: float, best: Experiment | None, invalid_reason: str 
 def case_records(db_path_or_conn, experiment_id: int) -> list[dict]:
     """The judged records (eval/records.py format) stored with an experiment, in ruler order."""
     own = not isinstance(db_path_or_conn, sqlite3.Connection)
-    conn = connect(db_path_or_conn) if own else db_path_or_conn
+    conn = connect_readonly(db_path_or_conn) if own else db_path_or_conn
     try:
         rows = conn.execute("SELECT record_json, quality FROM case_results WHERE experiment_id = ?"
                             " ORDER BY position", (experiment_id,)).fetchall()
@@ -295,6 +339,7 @@ def _status_text(e: Experiment, bests: set[int]) -> str:
 def cmd_list(args) -> int:
     from rich.console import Console
     from rich.table import Table
+    connect_readonly(args.db).close()          # a missing or foreign file is an error here
     exps = [e for e in read_experiments(args.db) if not args.judge or args.judge in e.judge]
     if args.json:
         print(json.dumps([e.to_dict() for e in exps], indent=2, default=str))
@@ -319,6 +364,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
+    connect_readonly(args.db).close()
     exps = read_experiments(args.db)
     e = next((x for x in exps if x.id == args.id), None)
     if e is None:

@@ -174,7 +174,7 @@ def record_from_dict(obj: Any, where: str) -> JudgedRecord:
 def read_records(path) -> list[JudgedRecord]:
     """Every record of a JSONL file; raises RecordError naming file:line:key on bad input."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecordError(f"{path}: no such records file")
     try:
         rows = read_jsonl(path, what="judged record")

@@ -18,7 +18,9 @@ import argparse
 import json
 import sys
 
+from data.contract.inputs import depth
 from export.plan import ExportError
+from export.metadata import MAX_METADATA_DEPTH
 
 EPILOG = "Subcommand: python -m export.fmadapter inspect PKG [--to-peft OUT]  (see inspect --help)"
 
@@ -66,6 +68,11 @@ def run_export(argv: list[str]) -> int:
             creator = json.loads(args.creator_defined)
         except json.JSONDecodeError as e:
             raise ExportError(f"--creator-defined: not valid JSON ({e.msg} at column {e.colno})")
+        except RecursionError:
+            raise ExportError("--creator-defined: nested too deeply") from None
+        if depth(creator) > MAX_METADATA_DEPTH - 2:      # it sits two levels down in metadata
+            raise ExportError(f"--creator-defined: nested more than {MAX_METADATA_DEPTH - 2} "
+                              "levels deep")
         if not isinstance(creator, dict):
             raise ExportError("--creator-defined: must be a JSON object")
     result = export_adapter(args.adapter, args.name, args.out, author=args.author,

@@ -4,6 +4,15 @@
 no value that looks like a local path and no value containing a secret from the environment
 (ANTHROPIC_API_KEY and any other *KEY / *TOKEN / *SECRET / *PASSWORD variable) ever reaches it.
 Dropped entries are reported by key, never by value.
+
+What the user types (--author, --description, --license and every --creator-defined key and
+value) is refused outright (`user_text_problem`, exit 2), naming the flag and key, never the value,
+when it holds a secret-looking value: an Anthropic-shaped key, the value of ANTHROPIC_API_KEY or
+any *KEY / *TOKEN / *SECRET / *PASSWORD variable with or without its known prefix (sk-ant-, sk-,
+ghp_, hf_, ...) or a long part of it, or a high-entropy token (20+ characters mixing lower and
+upper case and digits, switching class at almost every other character, Shannon entropy >= 3.5
+bits per character; hex digests and CamelCase names pass); or an absolute path into a home
+folder.
 """
 from __future__ import annotations
 
@@ -16,6 +25,10 @@ NAME_RE = re.compile(r"^\w+$", re.ASCII)
 SIGNATURE_RE = re.compile(r"^[0-9a-f]{40}$")
 DEFAULT_AUTHOR = "3P developer"
 DRAFT_TOKEN_COUNT = 5
+# metadata.json is a few KiB as the toolkit writes it; anything near this is not metadata (a 50 MB
+# description once read as "valid" and took 236 MB of memory). Nesting: ours is 4 deep.
+MAX_METADATA_BYTES = 1 << 20
+MAX_METADATA_DEPTH = 32
 METADATA_TYPES = {
     "adapterIdentifier": str, "author": str, "baseModelSignature": str, "creatorDefined": dict,
     "description": str, "license": str, "loraRank": int, "speculativeDecodingDraftTokenCount": int,
@@ -62,6 +75,84 @@ def secret_values() -> list[str]:
     for k, v in os.environ.items():
         if v and len(v) >= 8 and (k == "ANTHROPIC_API_KEY" or _SECRET_NAME_RE.search(k)):
             out.append(v)
+    return out
+
+
+_KNOWN_PREFIXES = ("sk-ant-api03-", "sk-ant-admin01-", "sk-ant-", "sk-proj-", "sk-", "ghp_",
+                   "gho_", "ghs_", "github_pat_", "hf_", "xoxb-", "xoxp-", "glpat-", "AKIA")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_\-]{20,}")
+_HOME_RE = re.compile(r"(?:^|[\s\"'=:(])(?:~[/\\]|/home/|/Users/|/root(?:/|$)|"
+                      r"[A-Za-z]:\\Users\\)")
+
+
+def _secret_parts(secret: str) -> set[str]:
+    """The secret, the secret without each known prefix, and its long pieces: a value pasted
+    without its 'sk-ant-' is still the secret."""
+    parts = {secret}
+    for pre in _KNOWN_PREFIXES:
+        if secret.startswith(pre) and len(secret) - len(pre) >= 8:
+            parts.add(secret[len(pre):])
+    parts |= {piece for piece in re.split(r"[-_.]", secret) if len(piece) >= 10}
+    return parts
+
+
+def _entropy(text: str) -> float:
+    from collections import Counter
+    from math import log2
+    return -sum(c / len(text) * log2(c / len(text)) for c in Counter(text).values())
+
+
+def high_entropy_token(text: str) -> bool:
+    """A long random-looking token (API keys, access tokens); hex digests are not flagged."""
+    for tok in _TOKEN_RE.findall(text):
+        if re.fullmatch(r"[0-9a-fA-F\-]+", tok):
+            continue
+        classes = [0 if c.islower() else 1 if c.isupper() else 2 if c.isdigit() else 3
+                   for c in tok]
+        # Random keys mix lower, upper and digits and switch between them at about every other
+        # character; words, CamelCase names and paths switch rarely.
+        switches = sum(a != b for a, b in zip(classes, classes[1:])) / (len(tok) - 1)
+        if {0, 1, 2} <= set(classes) and switches >= 0.45 and _entropy(tok) >= 3.5:
+            return True
+    return False
+
+
+def home_path(text: str) -> bool:
+    home = str(Path.home())
+    return (len(home) > 1 and home in text) or bool(_HOME_RE.search(text))
+
+
+def user_text_problem(text: str, secrets: list[str] | None = None) -> str | None:
+    """Why a user-supplied metadata text must not be published, or None. Never quotes it."""
+    secrets = secret_values() if secrets is None else secrets
+    if _SECRET_SHAPE_RE.search(text) or any(p in text for s in secrets
+                                            for p in _secret_parts(s)):
+        return "contains a secret from the environment (or a key-shaped value)"
+    if high_entropy_token(text):
+        return "contains what looks like a secret (a long random token)"
+    if home_path(text):
+        return "contains an absolute path into a home folder"
+    return None
+
+
+def user_creator_problems(value, where: str = "", secrets: list[str] | None = None) -> list[str]:
+    """`where: problem` for every key or text of --creator-defined that must not be published."""
+    secrets = secret_values() if secrets is None else secrets
+    out = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            here = f"{where}.{k}" if where else str(k)
+            why = user_text_problem(str(k), secrets)
+            if why:
+                out.append(f"a key under {where or 'the top level'}: {why}")
+            out += user_creator_problems(v, here if not why else f"{where}.<key>", secrets)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            out += user_creator_problems(v, f"{where}[{i}]", secrets)
+    elif isinstance(value, str):
+        why = user_text_problem(value, secrets)
+        if why:
+            out.append(f"{where}: {why}")
     return out
 
 

@@ -3,15 +3,21 @@
 Everything that can be checked before a byte is written is checked first (name, target, run
 record, layout, every tensor's presence and shape); values (NaN, fp16 range) are checked as each
 tensor streams through. The package is written into a temporary folder beside the target and
-renamed into place only when complete, so a refusal or a crash never leaves a partial package.
+renamed into place only when complete, so a refusal or a crash never leaves a partial package;
+a temporary folder a killed export left behind is removed by a later export into the same folder
+(see sweep_stale_temps for the rule).
 The checks live in export.plan, the tensor conversion in export.tensors.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +55,13 @@ def export_adapter(run_dir, name: str, out_dir, *, author: str = md.DEFAULT_AUTH
     secrets = md.secret_values()
     for flag, text in (("--author", author), ("--description", description),
                        ("--license", license)):
-        if md.contains_secret(text, secrets):
-            raise ExportError(f"{flag}: contains a secret from the environment; refusing to "
-                              "write it into a package")
+        why = md.user_text_problem(text, secrets)
+        if why:
+            raise ExportError(f"{flag}: {why}; refusing to write it into a package")
+    bad = md.user_creator_problems(creator_defined or {}, "", secrets)
+    if bad:
+        raise ExportError("--creator-defined: " + "; ".join(bad) + "; refusing to write it "
+                          "into a package")
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: not a folder (expected a training run folder)")
     p = plan(run_dir, allow_stand_in=allow_stand_in)
@@ -72,7 +82,10 @@ def export_adapter(run_dir, name: str, out_dir, *, author: str = md.DEFAULT_AUTH
 
     created_out = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.fmadapter.", suffix=".tmp", dir=out_dir))
+    warnings += [f"removed stale temporary folder {p.name} ({why})"
+                 for p, why in sweep_stale_temps(out_dir)]
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.fmadapter.{_writer_tag()}.", suffix=".tmp",
+                                dir=out_dir))
     try:
         (tmp / METADATA_FILE).write_bytes(md.serialize(meta))
         size = write_weights(tmp / WEIGHTS_FILE, p, progress=progress)
@@ -90,6 +103,68 @@ def export_adapter(run_dir, name: str, out_dir, *, author: str = md.DEFAULT_AUTH
                 pass
         raise
     return ExportResult(target, layout.name, len(layout.slots), size, meta, warnings)
+
+
+# ---- stale temporary folders ----------------------------------------------------------------
+# A killed export leaves its temporary folder (`.NAME.fmadapter.w<pid>-<host>.XXXXXXXX.tmp`, as
+# large as the package) behind. Every export sweeps the folders of that pattern in its --out
+# folder when no writer can still be using them: the writer tag names this host and a pid that is
+# no longer running, or (another host, or an untagged folder from an older version) nothing in it
+# changed for STALE_AFTER_S. Nothing else is touched: no other name, no symlink, no file.
+STALE_AFTER_S = 6 * 3600
+_TEMP_RE = re.compile(r"^\.\w+\.fmadapter\.(?:w(?P<pid>\d+)-(?P<host>[0-9a-f]{6})\.)?"
+                      r"[A-Za-z0-9_]+\.tmp$")
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _writer_tag() -> str:
+    return f"w{os.getpid()}-{_host_tag()}"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:        # someone else's process: running
+        return True
+    return True
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = os.lstat(folder).st_mtime
+    for root, dirs, files in os.walk(folder):
+        for n in dirs + files:
+            newest = max(newest, os.lstat(os.path.join(root, n)).st_mtime)
+    return newest
+
+
+def sweep_stale_temps(out_dir: Path, now: float | None = None) -> list[tuple[Path, str]]:
+    """Remove abandoned export temp folders in out_dir; returns (folder, why) per removal."""
+    now = time.time() if now is None else now
+    removed = []
+    for p in sorted(out_dir.iterdir()):
+        m = _TEMP_RE.match(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        try:
+            if m["pid"] and m["host"] == _host_tag():
+                if _pid_running(int(m["pid"])):
+                    continue
+                why = f"its writer, pid {m['pid']}, is no longer running"
+            else:
+                age = now - _newest_mtime(p)
+                if age < STALE_AFTER_S:
+                    continue
+                why = f"untouched for {age / 3600:.1f} hours"
+            shutil.rmtree(p)
+        except OSError:
+            continue                      # in use or vanished meanwhile: leave it
+        removed.append((p, why))
+    return removed
 
 
 def expected_size(layout: Layout) -> int:

@@ -1,8 +1,10 @@
 """Read, validate and summarise a `.fmadapter` package; convert it back to a PEFT adapter.
 
-Validation covers the inventory, metadata keys and types, the identifier rule, the blob file's
-header and every blob's sentinel, dtype, size, offset and alignment, and the blob count and sizes
-the package's layout requires. The layout comes from creatorDefined.layout (written by
+Validation covers the inventory (regular files only: a symlink, FIFO or device in a package, or
+a package folder that is a symlink, is a problem and is never opened; metadata.json at most
+MAX_METADATA_BYTES and MAX_METADATA_DEPTH deep), metadata keys and types, the identifier rule,
+the blob file's header and every blob's sentinel, dtype, size, offset and alignment, and the
+blob count and sizes the package's layout requires. The layout comes from creatorDefined.layout (written by
 export.fmadapter); a package without it (e.g. one from Apple's toolkit) is read as afm-text-v7
 when it holds 700 blobs.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from data.contract.inputs import depth
 from export import metadata as md
 from export.blob import BlobInfo, read_fp16_bits, read_index
 from export.layouts import (AFM_SIGNATURE_26_0, AFM_TEXT_V7, RUNTIME_SCALE, STAND_IN, Layout,
@@ -25,6 +29,7 @@ from export.plan import ADAPTER_FILE, METADATA_FILE, WEIGHTS_FILE, ExportError
 
 DRAFT_FILES = ("draft.mil", "draft_weights.bin")
 PACKAGE_SUFFIX = ".fmadapter"
+MAX_METADATA_BYTES, MAX_METADATA_DEPTH = md.MAX_METADATA_BYTES, md.MAX_METADATA_DEPTH
 
 
 @dataclass
@@ -65,7 +70,16 @@ def inspect_package(pkg) -> Report:
     pkg = Path(pkg)
     name = pkg.name[:-len(PACKAGE_SUFFIX)] if pkg.name.endswith(PACKAGE_SUFFIX) else pkg.name
     rep = Report(pkg, name)
-    if not pkg.is_dir():
+    # lstat, never stat: a package, or a file in it, that is a symlink could point anywhere (and
+    # a FIFO would block the read), so neither is followed or opened.
+    try:
+        st = os.lstat(pkg)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        rep.problems.append(f"{pkg}: a symlink; inspect reads only a real package folder")
+        return rep
+    if st is None or not stat.S_ISDIR(st.st_mode):
         rep.problems.append(f"{pkg}: not a folder")
         return rep
     if not pkg.name.endswith(PACKAGE_SUFFIX):
@@ -84,13 +98,26 @@ def inspect_package(pkg) -> Report:
     extra = [f for f in present if f not in (METADATA_FILE, WEIGHTS_FILE, *DRAFT_FILES)]
     if extra:
         rep.problems.append(f"inventory: unexpected files {extra}")
+    unsafe = _unsafe_entries(pkg, present)
+    rep.problems += list(unsafe.values())
 
-    if METADATA_FILE in present:
-        raw = (pkg / METADATA_FILE).read_bytes()
+    if METADATA_FILE in present and METADATA_FILE not in unsafe:
+        raw, problem = _read_metadata_bytes(pkg / METADATA_FILE)
+        if problem:
+            rep.problems.append(problem)
+            raw = b""
         try:
-            rep.metadata = json.loads(raw.decode("utf-8"))
+            rep.metadata = json.loads(raw.decode("utf-8")) if raw else {}
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             rep.problems.append(f"{METADATA_FILE}: not UTF-8 JSON ({e})")
+        except RecursionError:
+            rep.problems.append(f"{METADATA_FILE}: nested too deeply (limit "
+                                f"{MAX_METADATA_DEPTH})")
+            rep.metadata = {}
+        if depth(rep.metadata) > MAX_METADATA_DEPTH:
+            rep.problems.append(f"{METADATA_FILE}: nested more than {MAX_METADATA_DEPTH} levels "
+                                "deep")
+            rep.metadata = {}
         if not isinstance(rep.metadata, dict):
             rep.problems.append(f"{METADATA_FILE}: not a JSON object")
             rep.metadata = {}
@@ -114,7 +141,7 @@ def inspect_package(pkg) -> Report:
         rep.notes.append(f"baseModelSignature {sig} is not the 26.0 system model's "
                          f"({AFM_SIGNATURE_26_0}); it loads only on the OS it was made for")
 
-    if WEIGHTS_FILE not in present:
+    if WEIGHTS_FILE not in present or WEIGHTS_FILE in unsafe:
         return rep
     weights = pkg / WEIGHTS_FILE
     rep.file_size = weights.stat().st_size
@@ -141,6 +168,37 @@ def inspect_package(pkg) -> Report:
             rep.problems.append(f"blob {b.index}: metadata offset {b.metadata_offset} not "
                                 "64-aligned")
     return rep
+
+
+def _unsafe_entries(pkg: Path, names: list[str]) -> dict[str, str]:
+    """Entries that are not regular files (symlinks, FIFOs, devices, folders): name -> problem.
+    A package holds regular files only; none of these is opened."""
+    out = {}
+    for n in names:
+        st = os.lstat(pkg / n)
+        if stat.S_ISLNK(st.st_mode):
+            out[n] = f"{n}: a symlink; a package holds regular files only (not followed)"
+        elif not stat.S_ISREG(st.st_mode):
+            out[n] = f"{n}: not a regular file (a FIFO, device, socket or folder); not opened"
+    return out
+
+
+def _read_metadata_bytes(path: Path) -> tuple[bytes, str]:
+    """(bytes, problem). O_NOFOLLOW | O_NONBLOCK and an fstat check, so a file swapped for a
+    symlink or FIFO after the lstat is still never followed nor waited on."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        return b"", f"{METADATA_FILE}: cannot be opened safely ({e.strerror})"
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return b"", f"{METADATA_FILE}: not a regular file; not read"
+        if st.st_size > MAX_METADATA_BYTES:
+            return b"", (f"{METADATA_FILE}: {st.st_size:,} bytes, more than the "
+                         f"{MAX_METADATA_BYTES:,}-byte limit for package metadata")
+        return fh.read(MAX_METADATA_BYTES + 1), ""
 
 
 def print_report(rep: Report, console=None) -> None:

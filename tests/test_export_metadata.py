@@ -56,7 +56,8 @@ def test_stand_in_package_provenance_without_paths_or_secrets(tmp_path, monkeypa
     record["run_id"] = f"leaky-{SECRET}"  # a secret smuggled into a provenance field
     record["metrics"] = {"ruler": {"score": 0.71, "file": str(tmp_path / "judged.jsonl")}}
     (run / "run.json").write_text(json.dumps(record))
-    user = {"app": "Planner", "source": str(tmp_path / "notes.txt"), "token": SECRET,
+    # A secret typed into --creator-defined is refused outright (tests/test_hostile_inputs.py).
+    user = {"app": "Planner", "source": str(tmp_path / "notes.txt"),
             "nested": {"ok": [1, "two"], "where": "../secrets.env"},
             "licenseUrl": "https://example.com/license"}
     assert main(["--adapter", str(run), "--name", "planner_standin", "--out",
@@ -75,7 +76,7 @@ def test_stand_in_package_provenance_without_paths_or_secrets(tmp_path, monkeypa
     assert cd["app"] == "Planner" and cd["licenseUrl"] == "https://example.com/license"
     assert cd["standIn"] is True and cd["layout"]["name"] == "stand-in"
     assert cd["trainSha256"] == "34" * 32 and cd["baseIdentity"] == "12" * 32
-    assert "dropped runId" in captured.err and "dropped token" in captured.err
+    assert "dropped runId" in captured.err
     sig = hashlib.sha256(("12" * 32).encode()).hexdigest()[:40]
     meta = json.loads(raw)
     assert meta["baseModelSignature"] == sig

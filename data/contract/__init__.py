@@ -3,6 +3,7 @@
 Each part has its own module (one reason to change each); import from `data.contract` itself:
 - result: the typed answer, its two JSON key styles and its JSON schema;
 - cases: a task with its gold answer and the JSONL/JSON readers;
+- inputs: the one reader of user files (UTF-8, size, depth and line-length limits);
 - spec_gate: the deterministic checks an answer must pass;
 - answer: the assistant text the model emits and its parsers;
 - planner_prompt / judge_prompt: the prompts, the rubric and their content hashes, recorded
@@ -10,6 +11,7 @@ Each part has its own module (one reason to change each); import from `data.cont
 """
 from data.contract.answer import ParsedAnswer, parse_assistant, render_assistant
 from data.contract.cases import Case, case_from_dict, load_cases, read_jsonl
+from data.contract.inputs import InputError
 from data.contract.judge_prompt import (JUDGE_PROMPT_HASH, JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, RUBRIC,
                                         RUBRIC_DIMENSIONS, judge_user_message)
 from data.contract.planner_prompt import (PLANNER_SYSTEM_PROMPT, PROMPT_HASH, planner_messages,
@@ -19,7 +21,7 @@ from data.contract.spec_gate import EMOJI_RE, GENERIC_TITLES, spec_violations
 from data.contract.text import normalize_space, sha256_text
 
 __all__ = [
-    "Case", "ContractError", "DiscoveryResult", "EMOJI_RE", "GENERIC_TITLES", "JUDGE_PROMPT_HASH",
+    "Case", "ContractError", "InputError", "DiscoveryResult", "EMOJI_RE", "GENERIC_TITLES", "JUDGE_PROMPT_HASH",
     "JUDGE_SYSTEM_PROMPT", "JUDGE_TOOL", "N_QUESTIONS", "PLANNER_SYSTEM_PROMPT", "PROMPT_HASH",
     "ParsedAnswer", "Question", "RUBRIC", "RUBRIC_DIMENSIONS", "case_from_dict", "json_schema",
     "judge_user_message", "load_cases", "normalize_space", "parse_assistant", "planner_messages",

@@ -1,10 +1,11 @@
 """A task with its gold answer, and the JSONL/JSON readers whose errors name file and line."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from data.contract.inputs import read_json as _read_json
+from data.contract.inputs import read_jsonl as _read_jsonl
 from data.contract.result import ContractError, DiscoveryResult
 from data.contract.text import normalize_space, sha256_text
 
@@ -44,20 +45,10 @@ def case_from_dict(obj: Any, *, where: str = "record", default_id: str | None = 
     return Case(str(cid), inp.strip(), gold, str(obj.get("source", "")), extra)
 
 
-def read_jsonl(path, *, what: str = "record") -> list[tuple[str, Any]]:
-    """Parse a JSONL file; returns (where, object) pairs; errors name file and line."""
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                out.append((where, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ContractError(f"{where}: invalid JSON in {what} ({e.msg}, column "
-                                    f"{e.colno})") from None
-    return out
+def read_jsonl(path, *, what: str = "record", objects: bool = True) -> list[tuple[str, Any]]:
+    """Parse a JSONL file; returns (where, object) pairs; errors name file and line (see
+    data.contract.inputs for the rules: UTF-8, no BOM, objects, line length)."""
+    return _read_jsonl(path, what=what, objects=objects)
 
 
 def load_cases(path) -> list[Case]:
@@ -65,11 +56,7 @@ def load_cases(path) -> list[Case]:
     path = str(path)
     if path.endswith(".jsonl"):
         return [case_from_dict(o, where=w) for w, o in read_jsonl(path, what="case")]
-    with open(path, encoding="utf-8") as fh:
-        try:
-            obj = json.load(fh)
-        except json.JSONDecodeError as e:
-            raise ContractError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    obj = _read_json(path, what="case file")
     items = obj if isinstance(obj, list) else [obj]
     return [case_from_dict(o, where=f"{path}[{i}]" if isinstance(obj, list) else path)
             for i, o in enumerate(items)]

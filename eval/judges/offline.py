@@ -42,6 +42,7 @@ import warnings
 from pathlib import Path
 
 from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
+from data.contract.inputs import InputError, read_json
 from eval.judges import JudgeItem
 from eval.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
                                           LexicalSimilarity, extract_features, texts_to_embed)
@@ -156,9 +157,9 @@ def validate_weights(w: dict, where: str = "weights") -> dict:
 def load_weights(path) -> dict:
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        obj = read_json(path, what="weights file")
+    except InputError as e:        # not UTF-8, invalid JSON, a folder or FIFO: file named
+        raise WeightsError(str(e)) from None
     return validate_weights(obj, where=str(path))
 
 

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from data.contract import ContractError
+from data.contract import ContractError, InputError
 from eval.ruler import (EXPECTED_CASES, RulerError, freeze, load_ruler, resolve_ruler_dir,
                         verify_ruler)
 
@@ -134,6 +134,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         return {"verify": cmd_verify, "freeze": cmd_freeze, "build": cmd_build}[args.cmd](args)
+    except InputError as e:             # a bad --tasks file: bad input, like every CLI
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (RulerError, ContractError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
