@@ -26,19 +26,22 @@ from scipy.stats import spearmanr
 from data.contract import RUBRIC_DIMENSIONS
 from eval.records import JudgedRecord, RecordError, read_records
 from eval.verdict import GOLD_BETTER, Verdict, case_quality
-from judge.features import GROUPS
+from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, features_matrix,
                            fit_model, targets, trainable, verdicts_from)
 
 FULL = 30
 # name -> (feature groups, ridge alpha, logistic C): the variants compared in docs/metric.md.
 VARIANTS = {
-    "learned": (GROUPS, DEFAULT_ALPHA, DEFAULT_C),
+    "learned": (DEFAULT_GROUPS, DEFAULT_ALPHA, DEFAULT_C),
     "learned-embed": (("embed",), DEFAULT_ALPHA, DEFAULT_C),
     "learned-embed+text": (("embed", "text"), DEFAULT_ALPHA, DEFAULT_C),
     "learned-offline": (("offline",), DEFAULT_ALPHA, DEFAULT_C),
-    "learned-a3": (GROUPS, 3.0, 0.5),
-    "learned-a300": (GROUPS, 300.0, 0.005),
+    "learned-a3": (DEFAULT_GROUPS, 3.0, 0.5),
+    "learned-a300": (DEFAULT_GROUPS, 300.0, 0.005),
+    "learned-judges": (("judges",), DEFAULT_ALPHA, DEFAULT_C),
+    "learned-judges+embed": (("judges", "embed"), DEFAULT_ALPHA, DEFAULT_C),
+    "learned-all": (GROUPS, DEFAULT_ALPHA, DEFAULT_C),
 }
 
 

@@ -7,7 +7,10 @@ Three groups, each a named vector so a fitted model records exactly what it was 
   candidate's own redundancy next to the gold's, closeness to the task input, task-title match;
 - "offline": the hand-written offline judge's features (eval.judges.offline_features) of the
   candidate, and the candidate-minus-gold difference of each (the gold is the yardstick);
-- "text": plain text statistics (lengths, empty descriptions, third-person wording, ...).
+- "text": plain text statistics (lengths, empty descriptions, third-person wording, ...);
+- "judges": the two hand-written offline judges' own outputs (lexical and embedding backends,
+  built-in weights): their five rubric scores for the candidate and their pairwise margin, so a
+  model can recalibrate them instead of relearning them from raw features.
 
 Similarities are computed with whatever `sim` object the offline judge uses (EmbeddingSimilarity
 for the bundled model), so the learned judge and the offline judge embed the same texts alike.
@@ -22,7 +25,9 @@ from scipy.optimize import linear_sum_assignment
 from data.contract import DiscoveryResult
 from eval.judges.offline_features import extract_features, texts_to_embed
 
-GROUPS = ("embed", "offline", "text")
+GROUPS = ("embed", "offline", "text", "judges")
+DEFAULT_GROUPS = ("embed", "offline", "text")
+_JUDGES: dict = {}
 HIT_THRESHOLDS = (0.5, 0.6, 0.7)
 THIRD_PERSON_RE = re.compile(r"\b(?:the user|user's|the person|they|their)\b", re.I)
 FORM_OPENERS = ("what is", "what are", "what's", "do you have", "is there", "are there")
@@ -112,6 +117,26 @@ def text_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
     }
 
 
+def offline_judges() -> dict:
+    """The lexical and embedding offline judges (built-in weights), built once per process."""
+    if not _JUDGES:
+        from eval.judges.offline import OfflineJudge
+        for backend in ("lexical", "embedding"):
+            _JUDGES[backend] = OfflineJudge(backend=backend)
+    return _JUDGES
+
+
+def judge_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
+                   ) -> dict[str, float]:
+    from eval.judges import JudgeItem
+    out = {}
+    for backend, judge in offline_judges().items():
+        v = judge.judge_one(JudgeItem(task_input, gold, cand))
+        out.update({f"{backend}_{d}": float(x) for d, x in v.rubric.items()})
+        out[f"{backend}_margin"] = float(v.extra.get("margin", 0.0))
+    return out
+
+
 def case_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult, sim,
                   groups=GROUPS, gold_cache: dict | None = None) -> dict[str, float]:
     """Every feature of the chosen groups, keyed "<group>.<name>", in a fixed order."""
@@ -128,6 +153,9 @@ def case_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult,
             task_input, gold, cand, sim, {} if gold_cache is None else gold_cache).items()})
     if "text" in groups:
         out.update({f"text.{k}": v for k, v in text_features(task_input, gold, cand).items()})
+    if "judges" in groups:
+        out.update({f"judges.{k}": v for k, v in judge_features(task_input, gold,
+                                                                 cand).items()})
     return out
 
 

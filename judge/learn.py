@@ -1,7 +1,7 @@
 """Fit the learned offline judge on judged records with real-judge verdicts.
 
     python -m judge.learn --records FILE [FILE ...] --out DIR
-                          [--groups embed,offline,text] [--alpha 30] [--c 0.05]
+                          [--groups embed,offline,text[,judges]] [--alpha 30] [--c 0.05]
                           [--backend embedding|lexical]
 
 FILE: eval.records JSONL (e.g. written by python -m judge.published). Records with a verdict,
@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from eval.records import RecordError, read_records
-from judge.features import GROUPS
+from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, save, train,
                            trainable)
 
@@ -39,7 +39,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--records", nargs="+", required=True, help="judged-records JSONL file(s)")
     p.add_argument("--out", required=True, help="folder for the fitted judge")
-    p.add_argument("--groups", default=",".join(GROUPS), help="feature groups (all three)")
+    p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
+                   help=f"feature groups, from {', '.join(GROUPS)} (default: embed,offline,text)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="ridge strength")
     p.add_argument("--c", type=float, default=DEFAULT_C, help="pairwise inverse L2 strength")
     p.add_argument("--backend", choices=("embedding", "lexical"), default="embedding",

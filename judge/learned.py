@@ -28,7 +28,7 @@ from data.contract import RUBRIC_DIMENSIONS
 from eval.judges import JudgeItem
 from eval.records import JudgedRecord
 from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
-from judge.features import GROUPS, case_features, prefetch
+from judge.features import DEFAULT_GROUPS, case_features, offline_judges, prefetch
 
 FORMAT = "fmdistill-learned-judge/1"
 CLASSES = (GOLD_BETTER, TIE, CANDIDATE_BETTER)
@@ -133,7 +133,7 @@ def fit_model(x: np.ndarray, rubric: np.ndarray, labels: list[str], feature_name
                  np.array(icpt), pw_coef, pw_icpt, float(alpha), float(c))
 
 
-def features_matrix(triples, sim, groups=GROUPS) -> tuple[np.ndarray, list[str]]:
+def features_matrix(triples, sim, groups=DEFAULT_GROUPS) -> tuple[np.ndarray, list[str]]:
     """Feature rows for (input, gold, candidate) triples, and the feature names."""
     triples = list(triples)
     prefetch(sim, triples)
@@ -148,7 +148,7 @@ def targets(records: list[JudgedRecord]) -> tuple[np.ndarray, list[str]]:
             [r.verdict.pairwise for r in records])
 
 
-def train(records: list[JudgedRecord], sim, *, groups=GROUPS, alpha: float = DEFAULT_ALPHA,
+def train(records: list[JudgedRecord], sim, *, groups=DEFAULT_GROUPS, alpha: float = DEFAULT_ALPHA,
           c: float = DEFAULT_C) -> tuple[Model, list[dict]]:
     use = trainable(records)
     if len(use) < 2:
@@ -171,12 +171,17 @@ def save(model: Model, manifest: list[dict], folder, similarity_identity: str) -
     save_file(tensors, str(folder / WEIGHTS_FILE))
     w_sha = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()
     data_sha = canonical_sha256(manifest)
-    identity = hashlib.sha256(f"{w_sha}:{data_sha}".encode()).hexdigest()
+    judges = ({b: j.name for b, j in offline_judges().items()} if "judges" in model.groups
+              else {})
+    identity = hashlib.sha256(f"{w_sha}:{data_sha}:{canonical_sha256(judges)}".encode()
+                              ).hexdigest()
     config = {"format": FORMAT, "feature_names": model.feature_names, "groups": model.groups,
               "classes": model.classes, "rubric_dimensions": list(RUBRIC_DIMENSIONS),
               "alpha": model.alpha, "c": model.c, "similarity": similarity_identity,
               "weights_sha256": w_sha, "training_data_sha256": data_sha,
-              "n_train": len(manifest), "identity": identity}
+              "n_train": len(manifest), "identity": identity,
+              # The "judges" group reads the offline judges' outputs: their identities matter.
+              "feature_judges": judges}
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return f"learned@{identity[:12]}"
