@@ -1,7 +1,7 @@
 """How well offline judges agree with the real judge, leave-one-experiment-out.
 
     python -m judge.evaluate --records FILE [FILE ...] [--plot PNG] [--report-json FILE]
-                             [--full N] [--variants all|default]
+                             [--full N] [--variants all|none|NAME,...]
 
 For each experiment in turn, the learned judge is fitted on every other experiment's records and
 predicts this one's; the hand-written offline judges (lexical, embedding; built-in weights) need

@@ -166,3 +166,21 @@ def test_leave_one_experiment_out_never_sees_the_held_out_experiment(sim):
     pred2 = leave_one_experiment_out(poisoned, idx, x, names, ("embed", "text", "offline"),
                                      1.0, 1.0)
     assert all(pred2[i].rubric == pred[i].rubric for i in range(20))
+
+
+def test_eval_judge_accepts_learned_with_a_folder_only(tmp_path):
+    import argparse
+    from types import SimpleNamespace
+    from eval.judge import build_judge, judge_choice
+    assert judge_choice("learned:some/dir") == "learned:some/dir"
+    assert judge_choice("offline") == "offline"
+    for bad in ("learned", "learned:", "sonnet"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            judge_choice(bad)
+    args = SimpleNamespace(judge=f"learned:{tmp_path / 'none'}", swap=False, samples=1,
+                           weights=None, offline_backend=None, embedding_model=None)
+    with pytest.raises(ValueError, match="config.json: missing"):
+        build_judge(args)
+    args.swap = True
+    with pytest.raises(ValueError, match="do not apply to the learned judge"):
+        build_judge(args)
