@@ -3,6 +3,7 @@
   python -m eval.calibrate [--verdicts FILE] [--offline-backend embedding|lexical|both]
                            [--out weights.json] [--holdout 0.3] [--seed 0] [--ridge 0.001]
                            [--per-domain 2] [--write-set FILE] [--embedding-model DIR]
+  python -m eval.calibrate --split experiment --verdicts FILE [--plot PNG] [--report-json FILE]
 
 Without --verdicts it uses the project's own calibration set (eval.calibration_set: 252
 candidates from the bundled references, paraphrased gold down to off-topic, each with an
@@ -20,6 +21,11 @@ On the training part:
 - the pairwise combination gets non-negative weights on the five (candidate - gold) score
   differences (least squares on -1/0/+1 = gold/tie/candidate, normalised to sum 1), then the
   center and tie band that maximise pairwise accuracy.
+
+--split experiment (needs --verdicts with an "experiment" on each record) instead measures the
+lexical, embedding and learned judges leave-one-experiment-out (judge.evaluate): experiment-level
+Spearman of mean case quality over full 30-case runs, case-level Spearman, pairwise accuracy beside
+the always-gold-better rate, MAE per dimension; --plot writes offline vs real experiment means.
 
 The report, on the held-out part, for the fitted weights and for the built-in defaults: Spearman
 correlation of case quality (offline vs real), pairwise-verdict accuracy and per-dimension mean
@@ -292,7 +298,19 @@ def main(argv=None) -> int:
     p.add_argument("--embedding-model", default=None,
                    help="local sentence-embedding folder (default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--report-json", default=None, help="also write the report as JSON")
+    p.add_argument("--split", choices=("input", "experiment"), default="input",
+                   help="input: fit/hold out by task input (default); experiment: leave one "
+                        "experiment out, offline judges vs the learned judge (judge.evaluate)")
+    p.add_argument("--plot", default=None, help="--split experiment: write a PNG of offline vs "
+                                                "real experiment means")
     args = p.parse_args(argv)
+    if args.split == "experiment":
+        if not args.verdicts:
+            p.error("--split experiment needs --verdicts FILE (judged records with experiments)")
+        from judge.evaluate import main as evaluate_main   # the learned judge lives in judge/
+        extra = ["--plot", args.plot] if args.plot else []
+        extra += ["--report-json", args.report_json] if args.report_json else []
+        return evaluate_main(["--records", args.verdicts, *extra])
     backend = args.offline_backend or ("both" if args.verdicts is None else None)
     if backend == "both" and args.out:
         p.error("--out needs one backend: pass --offline-backend embedding or lexical")

@@ -1,6 +1,7 @@
 """Judge a file of candidate answers against the frozen ruler and print the scorecard.
 
-  python -m eval.judge --candidates FILE --judge offline|anthropic [--swap] [--samples K]
+  python -m eval.judge --candidates FILE --judge offline|anthropic|learned:DIR [--swap]
+                       [--samples K]
                        [--out RECORDS] [--weights W] [--experiment NAME]
   python -m eval.judge export-records --cache PATH --out FILE
 
@@ -18,6 +19,8 @@ first line of each case is judged), --allow-unknown (such lines are skipped) or
 `offline` is a deterministic proxy (no network) whose numbers are not comparable with published
 ones; its similarity backend is sentence embeddings (bundled all-MiniLM-L6-v2) unless
 `--offline-backend lexical`, and its name (offline@<hash>:<backend>) says which; `anthropic` is the Sonnet judge of the reference (ANTHROPIC_API_KEY from the environment).
+`learned:DIR` is the learned offline judge fitted by `python -m judge.learn --out DIR` (judge/);
+its name is learned@<hash of weights and training data>.
 `export-records` turns the anthropic judge's verdict cache into judged records (for calibration).
 """
 from __future__ import annotations
@@ -81,7 +84,33 @@ def read_candidates(path, cases, ruler: dict
     return out, cov
 
 
+LEARNED_PREFIX = "learned:"
+
+
+def judge_choice(value: str) -> str:
+    """offline, anthropic, or learned:DIR (a folder written by python -m judge.learn)."""
+    if value in JUDGE_NAMES or (value.startswith(LEARNED_PREFIX) and value[len(LEARNED_PREFIX):]):
+        return value
+    if value == "learned":
+        raise argparse.ArgumentTypeError("learned needs its folder: --judge learned:DIR (train "
+                                         "one with python -m judge.learn --out DIR)")
+    raise argparse.ArgumentTypeError(f"unknown judge {value!r}; choose offline, anthropic or "
+                                     "learned:DIR")
+
+
 def build_judge(args):
+    if args.judge.startswith(LEARNED_PREFIX):
+        if args.swap or args.samples != 1 or args.weights or getattr(args, "offline_backend",
+                                                                       None):
+            raise ValueError("--swap, --samples, --weights and --offline-backend do not apply to "
+                             "the learned judge (its folder holds everything it needs)")
+        # Built here, not in eval.judges.get_judge: judge/ imports eval.judges, so a factory
+        # there would close an import cycle (tests/test_layers.py).
+        from judge.learned import LearnedJudge, LearnedJudgeError
+        try:
+            return LearnedJudge(args.judge[len(LEARNED_PREFIX):])
+        except LearnedJudgeError as e:
+            raise ValueError(str(e)) from None
     if args.judge == "offline":
         if args.swap or args.samples != 1:
             raise ValueError("--swap and --samples apply to the anthropic judge only (the offline "
@@ -154,8 +183,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.judge", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", required=True, help="JSONL, one candidate per ruler case")
-    p.add_argument("--judge", choices=JUDGE_NAMES, default="offline",
-                   help="offline (deterministic proxy, default) or anthropic (Sonnet)")
+    p.add_argument("--judge", type=judge_choice, default="offline",
+                   help="offline (deterministic proxy, default), anthropic (Sonnet) or "
+                        "learned:DIR (python -m judge.learn)")
     p.add_argument("--swap", action="store_true",
                    help="anthropic: also judge with the sets swapped; disagreement = tie")
     p.add_argument("--samples", type=int, default=1, help="anthropic: judge K times, average")
@@ -215,7 +245,7 @@ def main(argv=None) -> int:
     card = scorecard(records, label=args.experiment or Path(args.candidates).name,
                      judge=judge.name, ruler=ruler)
     notice = None
-    if args.judge == "offline":
+    if args.judge == "offline" or args.judge.startswith(LEARNED_PREFIX):
         from eval.judges.offline import PROXY_NOTICE
         notice = PROXY_NOTICE
     render_scorecard(card, notice=notice)

@@ -1,6 +1,6 @@
 """The package layout's imports only run downhill, and no modules import each other in a circle.
 
-Layers, bottom to top: data <- train, export <- eval <- prefs <- recipes, bench. A module may
+Layers, bottom to top: data <- train, export <- eval, judge <- prefs <- recipes, bench. A module may
 import from its own layer or any layer below, never above. Every import statement counts,
 including the ones inside functions (a lazy import is still a dependency). Read with ast, so
 the check needs none of the heavy dependencies installed.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"data": 0, "train": 1, "export": 1, "eval": 2, "prefs": 3, "rl": 3, "recipes": 4, "bench": 4}
+LAYERS = {"data": 0, "train": 1, "export": 1, "eval": 2, "judge": 2, "prefs": 3, "rl": 3, "recipes": 4, "bench": 4}
 
 
 def module_name(path: Path) -> str:
