@@ -23,8 +23,8 @@ import json
 import sys
 from pathlib import Path
 
-from data.contract import ContractError, DiscoveryResult, parse_assistant, read_jsonl, \
-    spec_violations
+from data.contract import ContractError, DiscoveryResult, parse_assistant, parse_field_map, \
+    read_jsonl, spec_violations
 from data.leak import normalize_input
 from eval.judges import JUDGE_NAMES, JudgeItem, get_judge
 from eval.metric import render_scorecard, scorecard
@@ -33,8 +33,10 @@ from eval.ruler import RulerError, load_ruler
 from eval.verdict import Verdict
 
 
-def read_candidates(path, cases) -> dict[str, tuple[DiscoveryResult | None, str | None]]:
-    """Map ruler case id -> (candidate, generation error); errors name file:line:key."""
+def read_candidates(path, cases, field_map: dict | None = None
+                    ) -> dict[str, tuple[DiscoveryResult | None, str | None]]:
+    """Map ruler case id -> (candidate, generation error); errors name file:line:key. A
+    candidate's keys may be any known spelling (data.contract.keys) or `field_map`'s."""
     by_id = {c.id: c for c in cases}
     by_input = {normalize_input(c.input): c for c in cases}
     out: dict[str, tuple[DiscoveryResult | None, str | None]] = {}
@@ -62,12 +64,13 @@ def read_candidates(path, cases) -> dict[str, tuple[DiscoveryResult | None, str 
                 raise ContractError(f"{where}: key 'error' must be a string")
             out[case.id] = (None, err)
         elif isinstance(cand, str):
-            parsed = parse_assistant(cand)
+            parsed = parse_assistant(cand, field_map=field_map)
             out[case.id] = ((parsed.result, None) if parsed.result is not None
                             else (None, "unparseable output: " + "; ".join(parsed.problems)))
         elif isinstance(cand, dict):
             out[case.id] = (DiscoveryResult.from_dict(cand, where=f"{where}: key 'candidate'",
-                                                      exact_questions=None), None)
+                                                      exact_questions=None, field_map=field_map),
+                            None)
         else:
             raise ContractError(f"{where}: needs key 'candidate' (contract object or text) or "
                                 "key 'error'")
@@ -167,6 +170,8 @@ def main(argv=None) -> int:
     p.add_argument("--allow-missing", action="store_true",
                    help="score ruler cases missing from the file as errors instead of refusing")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
+    p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
+                   help="candidate key names beyond the known aliases (taskTitle|title, ...)")
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error("--samples must be at least 1")
@@ -176,7 +181,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        candidates = read_candidates(args.candidates, cases)
+        candidates = read_candidates(args.candidates, cases, parse_field_map(args.field_map))
         missing = [c.id for c in cases if c.id not in candidates]
         if missing and not args.allow_missing:
             raise ContractError(f"{args.candidates}: no line for {len(missing)} ruler case(s): "
