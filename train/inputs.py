@@ -58,12 +58,13 @@ def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_v
     except (FormatError, ValueError) as e:
         raise ConfigError(str(e)) from None
     inputs = [t.text for t in tasks]
-    leaks = LeakGuard(ruler_inputs()).find_leaks((f"{r['where']} ({t.rule})", t.text)
-                                                 for r, t in zip(rows, tasks))
+    leaks = LeakGuard(ruler_inputs()).find_leaks((r["where"], t.text) for r, t in zip(rows, tasks))
+    rule = {r["where"]: t.rule for r, t in zip(rows, tasks)}
     return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
             "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
             "n_train": len(rows), "n_val": n_val, "inputs": inputs,
-            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id}" for lk in leaks],
+            "ruler_leaks": [f"{lk.where}: {lk.input!r} ~ {lk.protected_id} (task by "
+                            f"{rule[lk.where]})" for lk in leaks],
             "prompt_mismatches": prompt_mismatches(rows), "prompt": prompt}
 
 
