@@ -5,11 +5,17 @@
                      [--lever inference|sft|orpo|...] [--db runs/experiments.db]
                      [--out-dir runs/eval/<label>] [--max-new-tokens N] [--batch-size N]
                      [--swap] [--samples K] [--k N] [--pool FILE]
+                     [--prompt-from RUN_DIR] [--field-map CANONICAL=THEIRS,...]
 
 One command for the research loop: verify the ruler (a ruler that does not match its manifest is
 refused), generate every ruler case greedily through the chosen pipeline, gate, judge, score,
 print the scorecard with the running best of this ruler and judge and a paired test against it,
 write per-case results, and append one row to the experiment log (eval.log).
+
+Prompt (eval.run_prompt): an adapter is asked with the prompt it was trained on: the
+contract's, or, when its training data brought its own instructions, the template recorded in
+its run.json (--prompt-from RUN_DIR takes another run's). Answers are read under every known key
+spelling plus the run's field_map (or --field-map).
 
 Leak check (eval.adapter_check): an adapter's run.json lists every training input (data.inputs).
 If one equals or nearly equals a ruler task, or run.json cannot show the training data, the
