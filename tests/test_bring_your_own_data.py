@@ -185,8 +185,12 @@ def test_task_rules_and_templates():
     assert (t.text, t.rule) == ("Repaint the kitchen cabinets", "task-prefix")
     assert (task("Repaint the kitchen cabinets").rule) == "whole-turn"
     assert task("Hello.\nPlease help with:\nRepaint the kitchen cabinets").rule == "last-line"
-    t = task("Go.", system="Plan things.\nUser task: Repaint the kitchen cabinets")
+    t = task("Please start.\nUse the one above.",
+             system="Plan things.\nUser task: Repaint the kitchen cabinets")
     assert (t.text, t.rule, t.message) == ("Repaint the kitchen cabinets", "task-prefix", 0)
+    # A system prompt describing the job ("Your task: ...") never wins over a one-line user turn.
+    t = task("Repaint the kitchen cabinets", system="Your task: ask seven questions.")
+    assert (t.text, t.rule, t.message) == ("Repaint the kitchen cabinets", "whole-turn", 1)
     t = task("<goal>Repaint the kitchen cabinets</goal> thanks", pattern=r"<goal>(.*?)</goal>")
     assert (t.text, t.rule) == ("Repaint the kitchen cabinets", "input-pattern")
     with pytest.raises(ValueError, match="exactly one group"):

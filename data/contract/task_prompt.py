@@ -10,9 +10,10 @@ TASK_PLACEHOLDER is the template eval renders for each ruler input.
 The rules, tried in this order (the first that matches names the result):
 - `input-pattern`: the user's regex (exactly one group: the task), searched in the last user
   turn, then in the system turn;
-- `task-prefix`: the last line of the last user turn (then of the system turn) that reads
-  `<label with the word "task">: <text>` ("Task: X", "Task the user entered: X", "User task: X");
+- `task-prefix`: the last line of the last user turn that reads `<label with the word
+  "task">: <text>` ("Task: X", "Task the user entered: X", "User task: X");
 - `whole-turn`: the last user turn is one line: all of it;
+- `task-prefix` in the system turn, for a multi-line user turn without such a line;
 - `last-line`: otherwise the last non-empty line of the last user turn.
 """
 from __future__ import annotations
@@ -74,16 +75,22 @@ def find_task(prompt: list[dict], pattern: re.Pattern | None = None) -> TaskSpan
                 return _span(prompt, i, m.start(1), m.end(1), "input-pattern")
         raise TaskNotFound(f"input pattern {pattern.pattern!r} matches neither the last user turn "
                            "nor the system turn")
-    for i in places:
-        hits = list(TASK_PREFIX_RE.finditer(prompt[i]["content"]))
-        if hits:
-            return _span(prompt, i, hits[-1].start(1), hits[-1].end(1), "task-prefix")
     content = prompt[last_user]["content"]
+    hits = list(TASK_PREFIX_RE.finditer(content))
+    if hits:
+        return _span(prompt, last_user, hits[-1].start(1), hits[-1].end(1), "task-prefix")
     lines = [(m.start(), m.end()) for m in re.finditer(r"[^\n]*\S[^\n]*", content)]
     if not lines:
         raise TaskNotFound("the last user turn is empty")
-    start, end = lines[-1]
-    return _span(prompt, last_user, start, end, "whole-turn" if len(lines) == 1 else "last-line")
+    if len(lines) == 1:
+        return _span(prompt, last_user, *lines[0], "whole-turn")
+    # Only now the system turn: a system prompt often says "Your task: ..." about the job
+    # itself, which must not win over a user turn that is just the task.
+    for i in places[1:]:
+        hits = list(TASK_PREFIX_RE.finditer(prompt[i]["content"]))
+        if hits:
+            return _span(prompt, i, hits[-1].start(1), hits[-1].end(1), "task-prefix")
+    return _span(prompt, last_user, *lines[-1], "last-line")
 
 
 def _span(prompt, i, start, end, rule) -> TaskSpan:
