@@ -255,12 +255,13 @@ def test_data_sft_format_apple_output_rereads_identically(theirs, tmp_path, caps
 
 
 def test_train_on_their_file_then_evaluate_and_export_with_its_prompt(standin_dir, theirs,
-                                                                     tmp_path, monkeypatch):
+                                                                     tmp_path, monkeypatch,
+                                                                     capsys):
     import eval.pipelines
     from conftest import tiny_sft_config
     from eval.run import main as eval_main, run_eval
     from export.package import export_adapter
-    from train.sft import run_sft
+    from train.sft import main as sft_main, run_sft
 
     cfg = tiny_sft_config(standin_dir, tmp_path, tmp_path / "run", train_file=str(theirs),
                           val_file=None, data_format="apple", max_steps=2,
@@ -300,6 +301,15 @@ def test_train_on_their_file_then_evaluate_and_export_with_its_prompt(standin_di
     assert eval_main(["--base", str(standin_dir), "--adapter", str(run_dir), "--pipeline",
                       "overgen-prune", "--label", "x", "--note", "x", "--db",
                       str(tmp_path / "db.sqlite"), "--no-progress"]) == 2
+
+    # Bad keys are exit 2 with the key named (a field map before anything loads).
+    for key, value, why in (("field_map", "bogus", "key 'field_map': field map entry 'bogus'"),
+                            ("input_pattern", "(a)(b)", "needs exactly one group")):
+        assert sft_main(["--config", "configs/tiny-sft.yaml", "--model_name_or_path",
+                         str(standin_dir), "--train_file", str(theirs), "--val_file", "",
+                         "--data_format", "apple", "--output_dir", str(tmp_path / "bad"),
+                         f"--{key}", value]) == 2
+        assert why in capsys.readouterr().err
 
     # Export: provenance says so, and the prompt goes beside the package.
     res = export_adapter(run_dir, "theirs", tmp_path / "dist", allow_stand_in=True, progress=False)

@@ -49,13 +49,13 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     from train.models import load_base
 
     out = Path(cfg.output_dir)
+    field_map_of(cfg)   # refuse a bad field map before training, not at eval time
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
     train_ds, val_ds, rows = load_sft_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision, kv_quant=cfg.kv_quant)
-    field_map_of(cfg)   # refuse a bad field map before training, not at eval time
     data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []),
                            cfg.input_pattern or None)
     warn_ruler_leaks(data)
