@@ -232,6 +232,20 @@ def test_data_sft_format_apple_refuses_a_leak_naming_the_rule(theirs, tmp_path, 
     assert f"{leaky}:5 (task by task-prefix): 'Plan a trip to Paris'" in capsys.readouterr().err
 
 
+def test_dedup_compares_the_tasks_not_the_instruction_blocks(theirs, tmp_path, capsys):
+    from data.sft import main
+    other = [{"role": "system", "content": "Different instructions entirely."},
+             {"role": "user", "content": "Task: repaint the kitchen cabinets!"},
+             their_line("Repaint the kitchen cabinets")[1]]
+    path = tmp_path / "dup.jsonl"
+    path.write_text(theirs.read_text() + json.dumps(other) + "\n")
+    assert main(["--gold", str(path), "--format", "apple", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "3 train / 1 validation examples from 5 gold records (1 duplicates removed)" in out
+    assert f"removed duplicate {path}:5 (task by task-prefix): 'repaint the kitchen cabinets!' " \
+           f"duplicates {path}:1 (task by task-prefix)" in out
+
+
 # ---- 4. round trips ------------------------------------------------------------------------------
 def test_data_sft_format_apple_output_rereads_identically(theirs, tmp_path, capsys):
     from data.sft import load_gold, main
