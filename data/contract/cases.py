@@ -42,7 +42,10 @@ def case_from_dict(obj: Any, *, where: str = "record", default_id: str | None = 
     cid = obj.get("id", default_id)
     if cid is None:
         cid = "task-" + sha256_text(normalize_space(inp))[:10]
-    known = {"id", "input", "gold", "source", *RESULT_KEYS, *(field_map or {}).values()}
+    known = {"id", "input", "gold", "source", "taskTitle", "task_title", "taskDescription",
+             "task_description", "questions"}
+    if "gold" not in obj:    # a bare result: its other planners' keys are the answer too
+        known |= {*RESULT_KEYS, *(field_map or {}).values()}
     extra = {k: v for k, v in obj.items() if k not in known}
     return Case(str(cid), inp.strip(), gold, str(obj.get("source", "")), extra)
 
