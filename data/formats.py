@@ -202,7 +202,8 @@ def prompt_record(rows: list[dict], input_pattern: str | None = None) -> dict:
         first.setdefault(tpl, r["where"])
         rules[t.rule] += 1
     # Most rows first; ties broken by the first row, so the choice never depends on hashing.
-    order = sorted(counts, key=lambda t: (-counts[t], list(first).index(t)))
+    seen = {t: i for i, t in enumerate(first)}
+    order = sorted(counts, key=lambda t: (-counts[t], seen[t]))
     main = order[0]
     return {"source": "contract" if main.sha256 == PROMPT_HASH else "training data",
             "template": main.to_json(), "sha256": main.sha256, "rows": counts[main],
