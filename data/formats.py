@@ -2,26 +2,34 @@
 
 - `prompt_completion`: TRL conversational rows `{"prompt": [system, user], "completion":
   [assistant]}` (what `python -m data.sft` writes as train.jsonl);
-- `apple`: Apple's adapter toolkit JSONL, each line a JSON array of `{role, content}` messages
-  (system, user, assistant), as `python -m data.sft` writes apple_train.jsonl;
+- `apple`: Apple's adapter toolkit JSONL, each line a JSON array of `{role, content}` messages:
+  an optional system turn, then user and assistant turns, the last the assistant's (the answer
+  trained on; everything before it is the prompt, as written);
 - `messages`: Hugging Face chat JSONL, each line `{"messages": [...]}`;
 - a Hugging Face datasets folder (`datasets.save_to_disk`), whose rows are any of the above
   (a `messages` column, or `prompt`/`completion` columns);
 - `auto` picks by the path (a folder is a datasets folder) and the first row's shape.
 
 Rows whose system prompt is not the contract's planner prompt are listed (file:line) by
-`prompt_mismatches`; training warns and records them in run.json, as it does for ruler leaks,
-because an adapter trained on another prompt is exported and evaluated under the contract's
-prompt. Malformed rows are errors naming the file and line (or dataset row).
+`prompt_mismatches`. The task in each row is found by data.contract.find_task (a documented rule
+or the user's --input-pattern) for the leak guard and dedup, and `prompt_record` turns the
+prompts into a template that run.json records, so an adapter trained on its own instructions is
+evaluated and shipped with them. Malformed rows are errors naming the file and line (or dataset
+row).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from data.contract import DiscoveryResult, parse_assistant, planner_system_prompt
-from data.contract.text import sha256_text
+from collections import Counter
+
+from data.contract import (PROMPT_HASH, DiscoveryResult, PromptTemplate, TaskNotFound,
+                           compile_input_pattern, find_task, parse_assistant,
+                           planner_system_prompt)
 from data.contract.inputs import InputError, read_jsonl
+from data.contract.task_prompt import TaskSpan
+from data.contract.text import sha256_text
 from data.leak import Leak, LeakGuard, ruler_guard
 
 FORMATS = ("auto", "prompt_completion", "apple", "messages")
@@ -34,20 +42,31 @@ class FormatError(ValueError):
 
 
 def _check_messages(msgs, where: str) -> tuple[list[dict], list[dict]]:
-    """(prompt messages, completion messages) of one conversation, or a FormatError."""
+    """(prompt messages, completion messages) of one conversation, or a FormatError.
+
+    The shape Apple's toolkit takes: an optional system turn first, then user and assistant
+    turns in turn, the last one the assistant's (the answer the loss covers; earlier assistant
+    turns are part of the prompt, as written).
+    """
     if not isinstance(msgs, list) or not msgs:
         raise FormatError(f"{where}: expected a non-empty list of {{role, content}} messages, "
                           f"got {type(msgs).__name__}")
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or set(m) - {"role", "content"} or \
                 not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            extra = sorted(set(m) - {"role", "content"}) if isinstance(m, dict) else []
+            why = (f" (key {extra[0]!r} is not supported: tool calls and guided-generation "
+                   "fields are not read)" if extra and m.get("role") in ROLES else "")
             raise FormatError(f"{where}: message {i} must be {{\"role\": system|user|assistant, "
-                              f"\"content\": string}}, got {json.dumps(m)[:120]}")
+                              f"\"content\": string}}{why}, got {json.dumps(m)[:120]}")
     roles = [m["role"] for m in msgs]
-    if roles != ["system", "user", "assistant"]:
-        raise FormatError(f"{where}: expected messages system, user, assistant (one planner "
-                          f"turn), got {', '.join(roles)}")
-    return [dict(m) for m in msgs[:2]], [dict(msgs[2])]
+    turns = roles[1:] if roles[0] == "system" else roles
+    expected = ["user", "assistant"] * (len(turns) // 2)
+    if len(turns) < 2 or len(turns) % 2 or turns != expected:
+        raise FormatError(f"{where}: expected messages system, user, assistant (the system turn "
+                          "optional, then user and assistant turns in turn, the last the "
+                          f"assistant's), got {', '.join(roles)}")
+    return [dict(m) for m in msgs[:-1]], [dict(msgs[-1])]
 
 
 def _row_format(row) -> str:
@@ -130,13 +149,22 @@ def load_rows(path: str | Path, data_format: str = "auto") -> tuple[list[dict], 
     return out, fmt
 
 
-def row_inputs(rows: list[dict]) -> list[str]:
-    """The task input of each row (user turn, 'Task: ' stripped), for the leak guard and run.json."""
+def row_tasks(rows: list[dict], input_pattern: str | None = None) -> list[TaskSpan]:
+    """Where each row's task sits (data.contract.find_task): its text and the rule that found
+    it. A row where no rule finds one is a FormatError naming its file:line."""
+    rx = compile_input_pattern(input_pattern)
     out = []
     for r in rows:
-        text = r["prompt"][1]["content"]
-        out.append(text[len("Task: "):] if text.startswith("Task: ") else text)
+        try:
+            out.append(find_task(r["prompt"], rx))
+        except TaskNotFound as e:
+            raise FormatError(f"{r['where']}: cannot find the task: {e}") from None
     return out
+
+
+def row_inputs(rows: list[dict], input_pattern: str | None = None) -> list[str]:
+    """The task input of each row, for the leak guard, dedup and run.json."""
+    return [t.text for t in row_tasks(rows, input_pattern)]
 
 
 def answer_of(messages) -> DiscoveryResult | None:
@@ -148,20 +176,55 @@ def answer_of(messages) -> DiscoveryResult | None:
     return parse_assistant(messages).result if isinstance(messages, str) else None
 
 
-def row_leaks(rows: list[dict], guard: LeakGuard | None = None) -> list[Leak]:
-    """The leak guard over converted rows: each row's input and its answer (gold side), every
-    offending row listed by file:line."""
+def row_leaks(rows: list[dict], guard: LeakGuard | None = None,
+              input_pattern: str | None = None) -> list[Leak]:
+    """The leak guard over converted rows: each row's input (found by the task rules) and its
+    answer (gold side), every offending row listed by file:line."""
     guard = guard or ruler_guard()
     return guard.find_leaks((r["where"], t, answer_of(r["completion"]))
-                            for r, t in zip(rows, row_inputs(rows)))
+                            for r, t in zip(rows, row_inputs(rows, input_pattern)))
 
 
 def prompt_mismatches(rows: list[dict]) -> list[str]:
     """`where: sha256` of every row whose system prompt is not the contract's planner prompt."""
     out = []
     for r in rows:
+        if r["prompt"][0]["role"] != "system":
+            out.append(f"{r['where']}: no system prompt (contract {SYSTEM_PROMPT_HASH[:12]})")
+            continue
         got = sha256_text(r["prompt"][0]["content"])
         if got != SYSTEM_PROMPT_HASH:
             out.append(f"{r['where']}: system prompt sha256 {got[:12]} != contract "
                        f"{SYSTEM_PROMPT_HASH[:12]}")
     return out
+
+
+def prompt_record(rows: list[dict], input_pattern: str | None = None) -> dict:
+    """What run.json says about the prompt training used, so eval and export can use the same.
+
+    Each row's prompt becomes a template (its task replaced by a placeholder). The most common
+    template is *the* prompt (`template`, `sha256`); when it is the contract's own, `source` is
+    "contract", else "training data". Other templates are listed by hash and row count, and
+    `input_rules` counts which rule found the task in how many rows.
+    """
+    tasks = row_tasks(rows, input_pattern)
+    counts: Counter = Counter()
+    first: dict[PromptTemplate, str] = {}
+    rules: Counter = Counter()
+    for r, t in zip(rows, tasks):
+        try:
+            tpl = PromptTemplate.from_prompt(r["prompt"], t)
+        except ValueError as e:
+            raise FormatError(f"{r['where']}: {e}") from None
+        counts[tpl] += 1
+        first.setdefault(tpl, r["where"])
+        rules[t.rule] += 1
+    # Most rows first; ties broken by the first row, so the choice never depends on hashing.
+    seen = {t: i for i, t in enumerate(first)}
+    order = sorted(counts, key=lambda t: (-counts[t], seen[t]))
+    main = order[0]
+    return {"source": "contract" if main.sha256 == PROMPT_HASH else "training data",
+            "template": main.to_json(), "sha256": main.sha256, "rows": counts[main],
+            "input_pattern": input_pattern or None, "input_rules": dict(rules),
+            "other_templates": [{"sha256": t.sha256, "rows": counts[t], "first": first[t]}
+                                for t in order[1:]]}

@@ -5,7 +5,9 @@
 Reads .json files (one case or a list of cases) and .jsonl files (one case per line),
 directories recursively in sorted order. Each case is `{"id","input","gold":{taskTitle,
 taskDescription, questions[{title, description, requiresExternalAction}]}}` or a bare result
-carrying its own "input". Every case passes the same checks as teacher output (the contract
+carrying its own "input"; the answer's keys may also be other planners' names (`title`,
+`summary`, `questions[].question|detail`; see data.contract.keys) or a --field-map, and are
+written in the project's canonical form. Every case passes the same checks as teacher output (the contract
 and data.contract.spec_violations); a failing one goes to the quarantine file with its file:line
 and reason. Ids already in the output with the same input and answer are skipped, so re-running
 an import is harmless; the same id with another input or answer is quarantined. Exit status: 0
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data.appendlog import AppendLog, read_records
-from data.contract import ContractError, case_from_dict, spec_violations
+from data.contract import (ContractError, FieldMapError, case_from_dict, parse_field_map,
+                           spec_violations)
 from data.contract.inputs import MAX_LINE_BYTES, InputError, read_text, regular_file
 from data.response_cache import now_iso
 
@@ -112,7 +115,8 @@ def _differs(a: tuple[str, str], b: tuple[str, str]) -> str:
 
 
 def import_gold(paths: list[str | Path], out_path: str | Path,
-                quarantine_path: str | Path | None = None) -> ImportSummary:
+                quarantine_path: str | Path | None = None,
+                field_map: dict | None = None) -> ImportSummary:
     out_path = Path(out_path)
     quarantine_path = Path(quarantine_path) if quarantine_path else \
         out_path.with_name(out_path.stem + ".quarantine.jsonl")
@@ -137,7 +141,7 @@ def import_gold(paths: list[str | Path], out_path: str | Path,
                 case = None
                 if not reason:
                     try:
-                        case = case_from_dict(obj, where=where)
+                        case = case_from_dict(obj, where=where, field_map=field_map)
                         violations = spec_violations(case.gold)
                         if violations:
                             reason = f"{where}: fails the spec gate: " + "; ".join(violations)
@@ -183,10 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="gold JSONL to append to")
     p.add_argument("--quarantine", type=Path, default=None,
                    help="rejected cases with reasons (default OUT.quarantine.jsonl)")
+    p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
+                   help="answer key names beyond the known aliases, e.g. "
+                        "taskTitle=heading,questions[].title=ask")
     a = p.parse_args(argv)
     try:
-        summary = import_gold(a.paths, a.out, a.quarantine)
-    except (FileNotFoundError, ContractError, UnicodeDecodeError) as e:
+        summary = import_gold(a.paths, a.out, a.quarantine, parse_field_map(a.field_map))
+    except (FileNotFoundError, ContractError, FieldMapError, UnicodeDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary.text())

@@ -166,8 +166,9 @@ def greedy_shrinking(model, input_ids, attention_mask, *, max_new_tokens: int,
     return rows
 
 
-def parse_generation(task_input: str, text: str, n_questions: int = N_QUESTIONS) -> Generation:
-    parsed = parse_assistant(text, n_questions=n_questions)
+def parse_generation(task_input: str, text: str, n_questions: int = N_QUESTIONS,
+                     field_map: dict | None = None) -> Generation:
+    parsed = parse_assistant(text, n_questions=n_questions, field_map=field_map)
     if parsed.result is None:
         return Generation(task_input, text, None, parsed.problems, "; ".join(parsed.problems))
     return Generation(task_input, text, parsed.result, parsed.problems)
@@ -185,8 +186,10 @@ def generate_answers(model, tokenizer, inputs: list[str], *, n_questions: int = 
 
 def generate_from_prompts(model, tokenizer, inputs: list[str], prompts: list[str], *,
                           n_questions: int = N_QUESTIONS, max_new_tokens: int = 640,
-                          batch_size: int = 16, progress: bool = False) -> list[Generation]:
-    """Greedy answers for ready-rendered prompts (one per input); failures recorded per case."""
+                          batch_size: int = 16, progress: bool = False,
+                          field_map: dict | None = None) -> list[Generation]:
+    """Greedy answers for ready-rendered prompts (one per input); failures recorded per case.
+    Answers are read under every known key spelling plus `field_map` (data.contract.keys)."""
     if len(inputs) != len(prompts):
         raise ValueError(f"{len(inputs)} inputs but {len(prompts)} prompts")
     try:
@@ -205,5 +208,5 @@ def generate_from_prompts(model, tokenizer, inputs: list[str], prompts: list[str
         if text.startswith("\0"):
             gens.append(Generation(inp, "", None, [], text[1:]))
         else:
-            gens.append(parse_generation(inp, text, n_questions))
+            gens.append(parse_generation(inp, text, n_questions, field_map))
     return gens

@@ -30,8 +30,8 @@ import json
 import sys
 from pathlib import Path
 
-from data.contract import ContractError, DiscoveryResult, parse_assistant, read_jsonl, \
-    spec_violations
+from data.contract import ContractError, DiscoveryResult, parse_assistant, parse_field_map, \
+    read_jsonl, spec_violations
 from eval.coverage import Coverage, Entry, check_entries, refusal_message
 from eval.judges import JUDGE_NAMES, JudgeItem, get_judge
 from eval.metric import render_scorecard, scorecard
@@ -40,12 +40,13 @@ from eval.ruler import RulerError, load_ruler
 from eval.verdict import Verdict
 
 
-def read_candidates(path, cases, ruler: dict
+def read_candidates(path, cases, ruler: dict, field_map: dict | None = None
                     ) -> tuple[dict[str, tuple[DiscoveryResult | None, str | None]], Coverage]:
     """(ruler case id -> (candidate, generation error), coverage). Malformed lines raise
     ContractError naming file:line:key; repeated, unknown and other-ruler lines are listed in the
     coverage (eval.coverage) for the caller to refuse or allow; only the first line of each
-    known case is read."""
+    known case is read. A candidate's keys may be any known spelling (data.contract.keys) or
+    `field_map`'s."""
     rows = []
     for where, obj in read_jsonl(path, what="candidate"):
         if not isinstance(obj, dict):
@@ -72,12 +73,13 @@ def read_candidates(path, cases, ruler: dict
                 raise ContractError(f"{where}: key 'error' must be a string")
             out[case_id] = (None, err)
         elif isinstance(cand, str):
-            parsed = parse_assistant(cand)
+            parsed = parse_assistant(cand, field_map=field_map)
             out[case_id] = ((parsed.result, None) if parsed.result is not None
                             else (None, "unparseable output: " + "; ".join(parsed.problems)))
         elif isinstance(cand, dict):
             out[case_id] = (DiscoveryResult.from_dict(cand, where=f"{where}: key 'candidate'",
-                                                      exact_questions=None), None)
+                                                      exact_questions=None, field_map=field_map),
+                            None)
         else:
             raise ContractError(f"{where}: needs key 'candidate' (contract object or text) or "
                                 "key 'error'")
@@ -211,6 +213,8 @@ def main(argv=None) -> int:
                    help="skip lines whose id or input is not a ruler case (default: refuse)")
     p.add_argument("--allow-other-ruler", action="store_true",
                    help="accept lines stamped with another ruler's hash (default: refuse)")
+    p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
+                   help="candidate key names beyond the known aliases (taskTitle|title, ...)")
     args = p.parse_args(argv)
     if args.samples < 1:
         p.error("--samples must be at least 1")
@@ -221,7 +225,8 @@ def main(argv=None) -> int:
         return 1
     ruler = {"version": info.version, "hash": info.hash}
     try:
-        candidates, cov = read_candidates(args.candidates, cases, ruler)
+        candidates, cov = read_candidates(args.candidates, cases, ruler,
+                                          parse_field_map(args.field_map))
         bad = cov.refusals(allow_duplicates=args.allow_duplicates,
                            allow_unknown=args.allow_unknown,
                            allow_other_ruler=args.allow_other_ruler)

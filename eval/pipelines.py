@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.contract import (N_QUESTIONS, Case, ContractError, DiscoveryResult, case_from_dict,
+from data.contract import (N_QUESTIONS, Case, ContractError, DiscoveryResult, PromptTemplate,
+                           case_from_dict,
                            load_cases, parse_assistant, planner_messages, planner_user_message,
                            read_jsonl, render_assistant)
 from data.corpus import ruler_cases
@@ -48,10 +49,16 @@ class PipelineOptions:
     pool: list[Case] | None = None          # retrieval: None = the bundled reference answers
     pool_source: str = "bundled reference answers"
     progress: bool = False
+    template: PromptTemplate | None = None  # the adapter's own prompt (eval.run_prompt); single only
+    field_map: dict | None = None           # its answers' key names, beyond the known aliases
 
     def describe(self, name: str) -> dict:
         """What decides the candidates (recorded with the experiment and hashed into its config)."""
         d = {"pipeline": name, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+        if self.template is not None:
+            d["prompt_template_sha256"] = self.template.sha256
+        if self.field_map:
+            d["field_map"] = dict(self.field_map)
         if name == "overgen-prune":
             d["overgen_questions"] = OVERGEN_QUESTIONS
         if name == "retrieval":
@@ -245,9 +252,15 @@ def run_pipeline(name: str, model, tokenizer, inputs: list[str],
     """One Generation per input, in order; per-case failures are recorded, never raised."""
     opts = options or PipelineOptions()
     common = dict(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                  progress=opts.progress)
+                  progress=opts.progress, field_map=opts.field_map)
+    if opts.template is not None and name != "single":
+        # overgen-prune asks for 8 questions and retrieval inserts demonstrations, both by
+        # editing the contract's prompt; another prompt's words cannot be edited that way.
+        raise ValueError(f"pipeline {name} rewrites the contract's prompt; an adapter trained "
+                         "on its own prompt is scored with --pipeline single")
     if name == "single":
-        prompts = [render_messages(tokenizer, planner_messages(t)) for t in inputs]
+        prompts = [render_messages(tokenizer, opts.template.render(t) if opts.template
+                                   else planner_messages(t)) for t in inputs]
         return generate_from_prompts(model, tokenizer, inputs, prompts, **common)
     if name == "overgen-prune":
         prompts = [render_messages(tokenizer, planner_messages(t, OVERGEN_QUESTIONS))

@@ -5,11 +5,17 @@
                      [--lever inference|sft|orpo|...] [--db runs/experiments.db]
                      [--out-dir runs/eval/<label>] [--max-new-tokens N] [--batch-size N]
                      [--swap] [--samples K] [--k N] [--pool FILE]
+                     [--prompt-from RUN_DIR] [--field-map CANONICAL=THEIRS,...]
 
 One command for the research loop: verify the ruler (a ruler that does not match its manifest is
 refused), generate every ruler case greedily through the chosen pipeline, gate, judge, score,
 print the scorecard with the running best of this ruler and judge and a paired test against it,
 write per-case results, and append one row to the experiment log (eval.log).
+
+Prompt (eval.run_prompt): an adapter is asked with the prompt it was trained on: the
+contract's, or, when its training data brought its own instructions, the template recorded in
+its run.json (--prompt-from RUN_DIR takes another run's). Answers are read under every known key
+spelling plus the run's field_map (or --field-map).
 
 Leak check (eval.adapter_check): an adapter's run.json lists every training input (data.inputs).
 If one equals or nearly equals a ruler task, or run.json cannot show the training data, the
@@ -32,13 +38,16 @@ import sys
 from pathlib import Path
 
 from data.appendlog import write_text_atomically
-from data.contract import PROMPT_HASH, ContractError
+from dataclasses import replace
+
+from data.contract import ContractError, FieldMapError, parse_field_map
 from eval.adapter_check import adapter_hash, leak_reason
 from eval.experiment import case_entries, log_experiment
 from eval.log import DEFAULT_DB
 from eval.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
 from eval.ruler import RulerError, load_ruler
+from eval.run_prompt import RunPrompt, prompt_of_run, run_prompt
 
 ENGINES = ("torch", "mlx")
 
@@ -88,9 +97,14 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
              max_new_tokens: int = 640, batch_size: int = 16, swap: bool = False,
              samples: int = 1, k: int = DEFAULT_K, pool=None, ruler_dir=None,
              judge_options: dict | None = None, device: str = "auto", precision: str = "fp32",
-             engine: str = "torch", kv_quant: str = "off",
+             engine: str = "torch", kv_quant: str = "off", prompt_from=None,
+             field_map: dict | None = None,
              progress: bool = True, console=None, quiet: bool = False) -> dict:
     """Generate, gate, judge, score, write and log one experiment; returns its summary dict.
+
+    The prompt is the one the adapter was trained with (eval.run_prompt: the contract's, or
+    the training data's own recorded in its run.json), or that of the run `prompt_from`;
+    `field_map` adds key names to read answers under (default: the adapter run's).
 
     Raises RulerError on a ruler that does not match its manifest, ValueError/FileNotFoundError
     on bad arguments (before anything is generated).
@@ -114,12 +128,25 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
             raise FileNotFoundError(f"{adapter}: not a PEFT adapter folder "
                                     "(adapter_config.json is missing)")
         run_json, invalid = leak_reason(adapter, cases)
+    if prompt_from:
+        rp = run_prompt(prompt_from)
+    elif run_json is not None:
+        rp = prompt_of_run(run_json, adapter)
+    else:
+        rp = RunPrompt()
+    if field_map:
+        rp = replace(rp, field_map=dict(field_map))
     judge_obj = build_judge(judge, swap=swap, samples=samples, options=judge_options,
                             progress=progress)
     pool_cases = load_pool(pool) if pipeline == "retrieval" else None
     opts = PipelineOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, k=k,
                            pool=pool_cases, progress=progress,
-                           pool_source=str(pool) if pool else "bundled reference answers")
+                           pool_source=str(pool) if pool else "bundled reference answers",
+                           template=rp.template, field_map=rp.field_map or None)
+    if rp.template is not None and pipeline != "single":
+        raise ValueError(f"{rp.origin}: trained on its own prompt (sha256 {rp.sha256[:12]}); "
+                         f"pipeline {pipeline} rewrites the contract's prompt, so score it with "
+                         "--pipeline single")
     out = Path(out_dir) if out_dir else default_out_dir(label)
     if out_dir and (out / "cases.json").exists():
         raise ValueError(f"{out} already holds an evaluation; choose another --out-dir or --label")
@@ -154,11 +181,13 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
               "adapter_hash": adapter_hash(adapter) if adapter else None,
               "generation": opts.describe(pipeline), "batch_size": batch_size, "device": dev,
               "precision": precision, "engine": engine, "kv_quant": kv_quant,
-              "prompt_hash": PROMPT_HASH, "judge": judge_name,
+              "prompt_hash": rp.sha256, "judge": judge_name,
               "judge_prompt_hash": judge_obj.prompt_hash, "judge_options": judge_options or {}}
     # Batch size, device, engine, judge concurrency and cache location do not change the numbers
     # (greedy outputs are batch- and engine-invariant on purpose, tested); they stay out of the
     # hash, and so does kv_quant while off, so earlier experiments keep their hashes.
+    if rp.source != "contract" or rp.field_map:
+        config["prompt"] = rp.describe()   # only then, so contract-prompt runs keep their hashes
     hashed = {k: v for k, v in config.items() if k not in ("batch_size", "device", "engine")}
     if kv_quant == "off":
         hashed.pop("kv_quant")
@@ -180,7 +209,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
         "adapter_hash": config["adapter_hash"],
         "adapter_run_id": (run_json or {}).get("run_id"), "pipeline": pipeline,
         "config_json": json.dumps(config, default=str), "config_hash": config_hash,
-        "judge_prompt_hash": judge_obj.prompt_hash, "prompt_hash": PROMPT_HASH,
+        "judge_prompt_hash": judge_obj.prompt_hash, "prompt_hash": rp.sha256,
         "git_commit": git_commit(), "out_dir": str(out),
     }
     extras = [{"raw_output": e["raw_output"], "pipeline": e["pipeline"]} for e in entries]
@@ -262,6 +291,12 @@ def main(argv=None) -> int:
                    help="Apple's base: fake-quantise K/V as the device runtime does")
     p.add_argument("--precision", default="fp32", help="fp32 (default, repeatable) | bf16 | fp16")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
+    p.add_argument("--prompt-from", default=None, metavar="RUN_DIR",
+                   help="use the prompt that run was trained with (default: the adapter's own, "
+                        "recorded in its run.json; the contract's prompt without an adapter)")
+    p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
+                   help="key names the answers use beyond the known aliases (default: the "
+                        "adapter run's field_map)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.k < 0:
@@ -282,13 +317,17 @@ def main(argv=None) -> int:
                                        ("cache_path", args.judge_cache),
                                        ("concurrency", args.judge_concurrency)) if v})
     try:
+        fmap = parse_field_map(args.field_map)
+    except FieldMapError as e:
+        p.error(f"--field-map: {e}")
+    try:
         s = run_eval(base=args.base, adapter=args.adapter, pipeline=args.pipeline,
                      judge=args.judge, label=args.label, note=args.note, lever=args.lever,
                      db=args.db, out_dir=args.out_dir, max_new_tokens=args.max_new_tokens,
                      batch_size=args.batch_size, swap=args.swap, samples=args.samples, k=args.k,
                      pool=args.pool, ruler_dir=args.ruler_dir, judge_options=opts,
                      device=args.device, precision=args.precision, engine=args.engine,
-                     kv_quant=args.kv_quant,
+                     kv_quant=args.kv_quant, prompt_from=args.prompt_from, field_map=fmap,
                      progress=not args.no_progress)
     except RulerError as e:
         print(f"error: {e}", file=sys.stderr)

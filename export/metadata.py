@@ -37,7 +37,7 @@ METADATA_TYPES = {
 # so a package can never claim to be something other than what it was made from.
 PROVENANCE_KEYS = ("producer", "layout", "standIn", "runId", "stage", "trainSha256", "valSha256",
                    "promptHash", "baseIdentity", "baseArchitecture", "trainingRopeLayout",
-                   "trainingLoraAlpha", "trainingLoraScale", "ruler")
+                   "trainingLoraAlpha", "trainingLoraScale", "ruler", "promptSource")
 PRODUCER = "fmdistill export.fmadapter"
 
 _SECRET_NAME_RE = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
@@ -227,6 +227,9 @@ def provenance(run: dict, *, layout_description, stand_in: bool, lora_alpha: flo
         "trainingLoraAlpha": lora_alpha,
         "trainingLoraScale": lora_scale,
     }
+    if (data.get("prompt") or {}).get("source") == "training data":
+        # The app must send the instructions the adapter learned (written beside the package).
+        out["promptSource"] = "training data"
     ruler = (run.get("metrics") or {}).get("ruler")
     if isinstance(ruler, (int, float)) and not isinstance(ruler, bool):
         out["ruler"] = {"score": ruler}

@@ -11,6 +11,7 @@ The checks live in export.plan, the tensor conversion in export.tensors.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.contract import TASK_PLACEHOLDER
 from export import metadata as md
 from export.blob import HEADER_SIZE, METADATA_SIZE, align_up, read_index
 from export.layouts import Layout
@@ -36,6 +38,7 @@ class ExportResult:
     bytes: int
     metadata: dict
     warnings: list[str] = field(default_factory=list)
+    prompt_file: Path | None = None   # the adapter's own prompt, when it was not the contract's
 
 
 def export_adapter(run_dir, name: str, out_dir, *, author: str = md.DEFAULT_AUTHOR,
@@ -94,6 +97,7 @@ def export_adapter(run_dir, name: str, out_dir, *, author: str = md.DEFAULT_AUTH
             raise ExportError(f"internal check of the written file failed ({size} bytes, "
                               f"expected {expected_size(layout)}): {problems[:3]}")
         _replace(tmp, target)
+        prompt_file = _write_prompt(p["run"], out_dir / f"{name}.prompt.json")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created_out:
@@ -102,7 +106,19 @@ def export_adapter(run_dir, name: str, out_dir, *, author: str = md.DEFAULT_AUTH
             except OSError:
                 pass
         raise
-    return ExportResult(target, layout.name, len(layout.slots), size, meta, warnings)
+    return ExportResult(target, layout.name, len(layout.slots), size, meta, warnings, prompt_file)
+
+
+def _write_prompt(run: dict, path: Path) -> Path | None:
+    """An adapter trained on its own instructions needs them at inference: the package holds
+    only Apple's two files, so the prompt template (eval's, from run.json) goes beside it."""
+    rec = (run.get("data") or {}).get("prompt") or {}
+    if rec.get("source") != "training data":
+        return None
+    body = {"sha256": rec["sha256"], "placeholder": TASK_PLACEHOLDER,
+            "template": rec["template"]}
+    path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 # ---- stale temporary folders ----------------------------------------------------------------
@@ -193,8 +209,12 @@ def _replace(tmp: Path, target: Path) -> None:
 
 
 def describe_result(r: ExportResult) -> str:
-    return (f"wrote {r.path}  ({r.layout}, {r.blobs} blobs, {r.bytes:,} bytes, "
-            f"{r.metadata['adapterIdentifier']})")
+    s = (f"wrote {r.path}  ({r.layout}, {r.blobs} blobs, {r.bytes:,} bytes, "
+         f"{r.metadata['adapterIdentifier']})")
+    if r.prompt_file:
+        s += (f"\ntrained on its own prompt: use the instructions in {r.prompt_file} "
+              "(the task goes where the placeholder is)")
+    return s
 
 
 if __name__ == "__main__":  # pragma: no cover - the CLI lives in export.fmadapter

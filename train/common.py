@@ -211,7 +211,9 @@ def run_record(*, stage: str, run_id: str, cfg, base_info: dict, data: dict, met
         "config_hash": config_hash(cfg), "base_model": base_info,
         "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                  "target_modules": list(cfg.lora_target_modules)},
-        "data": data, "prompt_hash": PROMPT_HASH, "versions": package_versions(),
+        # The prompt the data was trained with: the contract's, or the data's own (data.formats).
+        "data": data, "prompt_hash": (data.get("prompt") or {}).get("sha256", PROMPT_HASH),
+        "versions": package_versions(),
         "git_commit": git_commit(), "metrics": metrics,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **(extra or {}),
     }
@@ -270,7 +272,8 @@ def stage_main(cls, run, doc: str, argv: list[str] | None, made: str) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if out is not None and (out / "run.json").exists() and is_main_process():
-        print(f"adapter written to {out} ({made}); prompt {PROMPT_HASH[:12]}")
+        prompt = json.loads((out / "run.json").read_text()).get("prompt_hash") or PROMPT_HASH
+        print(f"adapter written to {out} ({made}); prompt {prompt[:12]}")
     return 0
 
 

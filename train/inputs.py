@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from data.formats import (FormatError, answer_of, load_rows, prompt_mismatches, row_inputs,
-                          row_leaks)
+from data.contract import FieldMapError, parse_field_map
+from data.formats import (FormatError, answer_of, load_rows, prompt_mismatches, prompt_record,
+                          row_tasks)
 from data.leak import ruler_guard
 from train.common import file_sha256, training_inputs
 from train.config import ConfigError
@@ -61,19 +62,48 @@ def data_record(train_file: str, val_file: str | None, n_train: int, n_val: int)
             "ruler_leaks": [lk.describe() for lk in leaks]}
 
 
-def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_val: int) -> dict:
-    """data_record for SFT rows of any format (data.formats): the same leak guard over the
-    converted rows' inputs, with file:line locations, plus the system prompt check."""
-    inputs = row_inputs(rows)
-    leaks = row_leaks(rows)
+def sft_data_record(train_file: str, val_file: str | None, rows: list[dict], n_val: int,
+                    input_pattern: str | None = None) -> dict:
+    """data_record for SFT rows of any format (data.formats): the same leak guard over each
+    row's task (found by data.contract.find_task: a documented rule or `input_pattern`) and its
+    answer (gold side), with file:line locations and the rule that found the task, the system prompt check, and the prompt
+    training used as a template (`prompt`), which eval and export reuse."""
+    try:
+        prompt = prompt_record(rows, input_pattern)
+        tasks = row_tasks(rows, input_pattern)
+    except (FormatError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    inputs = [t.text for t in tasks]
+    leaks = ruler_guard().find_leaks((r["where"], t.text, answer_of(r["completion"]))
+                                     for r, t in zip(rows, tasks))
+    rule = {r["where"]: t.rule for r, t in zip(rows, tasks)}
     return {"train_file": str(train_file), "train_sha256": file_sha256(train_file),
             "val_file": str(val_file) if val_file else None, "val_sha256": file_sha256(val_file),
             "n_train": len(rows), "n_val": n_val, "inputs": inputs,
-            "ruler_leaks": [lk.describe() for lk in leaks],
-            "prompt_mismatches": prompt_mismatches(rows)}
+            "ruler_leaks": [f"{lk.describe()} (task by {rule[lk.where]})" for lk in leaks],
+            "prompt_mismatches": prompt_mismatches(rows), "prompt": prompt}
+
+
+def field_map_of(cfg) -> dict:
+    """The config's `field_map` (CANONICAL=THEIRS,...) as a mapping, or a ConfigError."""
+    try:
+        return parse_field_map(getattr(cfg, "field_map", "") or None)
+    except FieldMapError as e:
+        raise ConfigError(f"key 'field_map': {e}") from None
 
 
 def warn_prompt_mismatches(data: dict) -> None:
+    prompt = data.get("prompt") or {}
+    if prompt.get("source") == "training data":
+        # Not a mistake: the data brings its own instructions; eval and export will use them.
+        rules = ", ".join(f"{k} {v}" for k, v in prompt["input_rules"].items())
+        print(f"note: the training data uses its own prompt (sha256 {prompt['sha256'][:12]}, "
+              f"{prompt['rows']} of {data['n_train']} rows), recorded in run.json for eval and "
+              f"export; tasks found by rule: {rules}", file=sys.stderr)
+        if prompt["other_templates"]:
+            print(f"WARNING: {len(prompt['other_templates'])} other prompt template(s) in the "
+                  "training data; eval uses the most common one", file=sys.stderr)
+        return
     if data["prompt_mismatches"]:
         shown = data["prompt_mismatches"][:5]
         print(f"WARNING: {len(data['prompt_mismatches'])} training row(s) do not use the "

@@ -20,8 +20,8 @@ from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, l
                           trainer_args_kwargs, warn_ruler_leaks)
 from train.config import ConfigError
 # Re-exported: the data helpers live in train.inputs, which both backends share.
-from train.inputs import (data_record, load_sft_datasets, sft_data_record,  # noqa: F401
-                          warn_prompt_mismatches)
+from train.inputs import (data_record, field_map_of, load_sft_datasets,  # noqa: F401
+                          sft_data_record, warn_prompt_mismatches)
 
 
 @dataclass
@@ -31,6 +31,12 @@ class SFTRunConfig(BackendFields, TrainingFields):
     data_format: Literal["auto", "prompt_completion", "apple", "messages"] = field(
         default="auto", metadata={"help": "auto | prompt_completion (python -m data.sft) | apple "
                                           "(toolkit message arrays) | messages (HF chat)"})
+    input_pattern: str = field(default="", metadata={
+        "help": "regex with one group: where the task sits in your prompt (leak guard, eval's "
+                "prompt template); default: the documented rules (README, Bring your own data)"})
+    field_map: str = field(default="", metadata={
+        "help": "your answer's key names, CANONICAL=THEIRS,... (e.g. taskTitle=heading,"
+                "questions[].title=ask); eval reads the adapter's answers with it"})
     packing: bool = field(default=False, metadata={
         "help": "padding-free packing: sequences concatenated, position ids reset per sequence"})
 
@@ -43,13 +49,15 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     from train.models import load_base
 
     out = Path(cfg.output_dir)
+    field_map_of(cfg)   # refuse a bad field map before training, not at eval time
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
     train_ds, val_ds, rows = load_sft_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision, kv_quant=cfg.kv_quant)
-    data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []))
+    data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []),
+                           cfg.input_pattern or None)
     warn_ruler_leaks(data)
     warn_prompt_mismatches(data)
     has_val = val_ds is not None and len(val_ds) > 0

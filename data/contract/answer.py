@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from data.contract.result import N_QUESTIONS, ContractError, DiscoveryResult
 
@@ -59,14 +60,16 @@ def _first_json_object(text: str) -> str | None:
     return None
 
 
-def parse_assistant(text: str, *, strict: bool = False, n_questions: int = N_QUESTIONS
-                    ) -> ParsedAnswer:
+def parse_assistant(text: str, *, strict: bool = False, n_questions: int = N_QUESTIONS,
+                    field_map: Mapping[str, str] | None = None) -> ParsedAnswer:
     """Parse the assistant's text.
 
     strict=True (data we write): the text must be exactly one JSON object with exactly
     `n_questions` questions, else ContractError. strict=False (model output): code fences and
     surrounding prose are tolerated, and a wrong question count is *reported* in `problems`
-    with the result kept as generated — never padded or trimmed.
+    with the result kept as generated — never padded or trimmed. Both read every known key
+    spelling (data.contract.keys) plus `field_map`, so a model trained on another planner's key
+    names is scored on what it says, not on how it spells the keys.
     """
     if strict:
         try:
@@ -74,7 +77,8 @@ def parse_assistant(text: str, *, strict: bool = False, n_questions: int = N_QUE
         except json.JSONDecodeError as e:
             raise ContractError(f"assistant text: invalid JSON ({e.msg} at line {e.lineno} "
                                 f"column {e.colno})") from None
-        res = DiscoveryResult.from_dict(obj, where="assistant text", exact_questions=n_questions)
+        res = DiscoveryResult.from_dict(obj, where="assistant text", exact_questions=n_questions,
+                                       field_map=field_map)
         return ParsedAnswer(res, [], len(res.questions))
     problems: list[str] = []
     notes: list[str] = []
@@ -92,7 +96,8 @@ def parse_assistant(text: str, *, strict: bool = False, n_questions: int = N_QUE
     except json.JSONDecodeError as e:
         return ParsedAnswer(None, [f"output is not valid JSON: {e.msg} at column {e.colno}"])
     try:
-        res = DiscoveryResult.from_dict(obj, where="output", exact_questions=None)
+        res = DiscoveryResult.from_dict(obj, where="output", exact_questions=None,
+                                       field_map=field_map)
     except ContractError as e:
         return ParsedAnswer(None, [str(e)])
     n = len(res.questions)

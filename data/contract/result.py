@@ -6,11 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from data.contract.errors import ContractError
+from data.contract.keys import pick, spellings
+
 N_QUESTIONS = 7
-
-
-class ContractError(ValueError):
-    """A record does not follow the contract. The message names where (file:line, key)."""
 
 
 @dataclass(frozen=True)
@@ -46,33 +45,36 @@ class DiscoveryResult:
         return json.dumps(self.to_dict(style), ensure_ascii=False)
 
     @classmethod
-    def from_dict(cls, obj: Any, *, where: str = "record", exact_questions: int | None = N_QUESTIONS
-                  ) -> "DiscoveryResult":
-        """Build from either key style. `exact_questions=None` accepts any count (model output)."""
+    def from_dict(cls, obj: Any, *, where: str = "record", exact_questions: int | None = N_QUESTIONS,
+                  field_map: Mapping[str, str] | None = None) -> "DiscoveryResult":
+        """Build from any known key spelling (data.contract.keys) or a user's `field_map`.
+        `exact_questions=None` accepts any count (model output)."""
         if not isinstance(obj, Mapping):
             raise ContractError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        title = _pick(obj, where, "taskTitle", "task_title")
-        desc = _pick(obj, where, "taskDescription", "task_description")
-        qs = obj.get("questions")
+        title = _pick(obj, where, spellings("taskTitle", field_map, question=False))
+        desc = _pick(obj, where, spellings("taskDescription", field_map, question=False))
+        qkey, qs = pick(obj, where, spellings("questions", field_map, question=False))
         if not isinstance(qs, list):
-            raise ContractError(f"{where}: key 'questions' must be a list, got "
+            raise ContractError(f"{where}: key {qkey or 'questions'!r} must be a list, got "
                                 f"{'nothing' if qs is None else type(qs).__name__}")
         if exact_questions is not None and len(qs) != exact_questions:
-            raise ContractError(f"{where}: 'questions' has {len(qs)} items, expected exactly "
+            raise ContractError(f"{where}: {qkey!r} has {len(qs)} items, expected exactly "
                                 f"{exact_questions}")
         questions = []
         for i, q in enumerate(qs):
-            qwhere = f"{where}: questions[{i}]"
+            qwhere = f"{where}: {qkey}[{i}]"
             if not isinstance(q, Mapping):
                 raise ContractError(f"{qwhere}: expected an object, got {type(q).__name__}")
-            qt = _pick(q, qwhere, "title")
-            qd = q.get("description", "")
+            qt = _pick(q, qwhere, spellings("title", field_map, question=True))
+            dkey, qd = pick(q, qwhere, spellings("description", field_map, question=True))
+            qd = "" if dkey is None else qd
             if not isinstance(qd, str):
-                raise ContractError(f"{qwhere}.description: expected a string")
-            ext = q.get("requiresExternalAction", q.get("requires_external_action", False))
+                raise ContractError(f"{qwhere}.{dkey}: expected a string")
+            ekey, ext = pick(q, qwhere, spellings("requiresExternalAction", field_map,
+                                                  question=True))
+            ext = False if ekey is None else ext
             if not isinstance(ext, bool):
-                raise ContractError(f"{qwhere}.requiresExternalAction: expected true/false, "
-                                    f"got {ext!r}")
+                raise ContractError(f"{qwhere}.{ekey}: expected true/false, got {ext!r}")
             questions.append(Question(qt.strip(), qd.strip(), ext))
         return cls(title.strip(), desc.strip(), tuple(questions))
 
@@ -86,14 +88,13 @@ class DiscoveryResult:
         return cls.from_dict(obj, where=where)
 
 
-def _pick(obj: Mapping, where: str, *keys: str) -> str:
-    for k in keys:
-        if k in obj:
-            v = obj[k]
-            if not isinstance(v, str):
-                raise ContractError(f"{where}.{k}: expected a string, got {type(v).__name__}")
-            return v
-    raise ContractError(f"{where}: missing key {' / '.join(repr(k) for k in keys)}")
+def _pick(obj: Mapping, where: str, keys: tuple[str, ...]) -> str:
+    key, v = pick(obj, where, keys)
+    if key is None:
+        raise ContractError(f"{where}: missing key {' / '.join(repr(k) for k in keys)}")
+    if not isinstance(v, str):
+        raise ContractError(f"{where}.{key}: expected a string, got {type(v).__name__}")
+    return v
 
 
 def json_schema(n_questions: int = N_QUESTIONS) -> dict:

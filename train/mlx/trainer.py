@@ -298,7 +298,8 @@ def run_sft_mlx(cfg, callbacks: list | None = None) -> Path:
     resume = checkpoint_to_resume_mlx(out, cfg.resume_from_checkpoint)
     _, val_ds, rows = load_sft_datasets(cfg)
     base, base_info = _prepare(cfg)
-    data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []))
+    data = sft_data_record(cfg.train_file, cfg.val_file, rows, len(val_ds or []),
+                           getattr(cfg, "input_pattern", "") or None)
     warn_ruler_leaks(data)
     warn_prompt_mismatches(data)
     tok = base.tokenizer
