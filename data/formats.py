@@ -30,7 +30,6 @@ from data.contract import (PROMPT_HASH, DiscoveryResult, PromptTemplate, TaskNot
 from data.contract.inputs import InputError, read_jsonl
 from data.contract.task_prompt import TaskSpan
 from data.contract.text import sha256_text
-from data.leak import Leak, LeakGuard, ruler_guard
 
 FORMATS = ("auto", "prompt_completion", "apple", "messages")
 ROLES = ("system", "user", "assistant")
@@ -162,11 +161,6 @@ def row_tasks(rows: list[dict], input_pattern: str | None = None) -> list[TaskSp
     return out
 
 
-def row_inputs(rows: list[dict], input_pattern: str | None = None) -> list[str]:
-    """The task input of each row, for the leak guard, dedup and run.json."""
-    return [t.text for t in row_tasks(rows, input_pattern)]
-
-
 def answer_of(messages) -> DiscoveryResult | None:
     """The contract object in an assistant turn (list of messages or text), or None when the
     text is not one; for the leak guard's gold-side check, which must not fail on odd rows."""
@@ -174,15 +168,6 @@ def answer_of(messages) -> DiscoveryResult | None:
         messages = messages[-1].get("content") if messages and isinstance(messages[-1], dict) \
             else None
     return parse_assistant(messages).result if isinstance(messages, str) else None
-
-
-def row_leaks(rows: list[dict], guard: LeakGuard | None = None,
-              input_pattern: str | None = None) -> list[Leak]:
-    """The leak guard over converted rows: each row's input (found by the task rules) and its
-    answer (gold side), every offending row listed by file:line."""
-    guard = guard or ruler_guard()
-    return guard.find_leaks((r["where"], t, answer_of(r["completion"]))
-                            for r, t in zip(rows, row_inputs(rows, input_pattern)))
 
 
 def prompt_mismatches(rows: list[dict]) -> list[str]:
