@@ -88,3 +88,16 @@ def refusal_message(source: str, refusals: list[str]) -> str:
     return (f"{source}: {len(refusals)} line(s) would distort the score (repeated, unknown or "
             "judged on another ruler); fix the file or pass the flag named:\n  "
             + "\n  ".join(refusals))
+
+
+def add_refusal_flags(parser, verb: str, unknown: str) -> None:
+    """The --allow-* flags of every scorer (`verb`: what it does with a line, e.g. "judge";
+    `unknown`: what it does with a non-ruler line when allowed)."""
+    parser.add_argument("--allow-duplicates", action="store_true",
+                        help=f"{verb} the first line of each ruler case and ignore later repeats "
+                             "(default: refuse a file that repeats a case, exit 1)")
+    parser.add_argument("--allow-unknown", action="store_true",
+                        help=f"{unknown} lines whose id or input is not a ruler case "
+                             "(default: refuse)")
+    parser.add_argument("--allow-other-ruler", action="store_true",
+                        help="accept lines stamped with another ruler's hash (default: refuse)")

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from data.contract import ContractError, DiscoveryResult, parse_assistant, parse_field_map, \
     read_jsonl, spec_violations
-from eval.coverage import Coverage, Entry, check_entries, refusal_message
+from eval.coverage import (Coverage, Entry, add_refusal_flags, check_entries,
+                           refusal_message)
 from eval.judges import JUDGE_NAMES, JudgeItem, get_judge
 from eval.metric import render_scorecard, scorecard
 from eval.records import JudgedRecord, write_records
@@ -206,13 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--allow-missing", action="store_true",
                    help="score ruler cases missing from the file as errors instead of refusing")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
-    p.add_argument("--allow-duplicates", action="store_true",
-                   help="judge the first line of each ruler case and ignore later repeats "
-                        "(default: refuse a file that repeats a case, exit 1)")
-    p.add_argument("--allow-unknown", action="store_true",
-                   help="skip lines whose id or input is not a ruler case (default: refuse)")
-    p.add_argument("--allow-other-ruler", action="store_true",
-                   help="accept lines stamped with another ruler's hash (default: refuse)")
+    add_refusal_flags(p, "judge", "skip")
     p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
                    help="candidate key names beyond the known aliases (taskTitle|title, ...)")
     args = p.parse_args(argv)

@@ -8,11 +8,11 @@ up from the adapter's run.json, or from any run folder with --prompt-from.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.contract import (PROMPT_HASH, FieldMapError, PromptTemplate, parse_field_map)
+from data.contract.inputs import read_json
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,7 @@ def run_prompt(run_dir) -> RunPrompt:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise ValueError(f"{path}: no run.json, so the prompt it was trained with is unknown")
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    return prompt_of_run(run, run_dir)
+    return prompt_of_run(read_json(path, what="run.json"), run_dir)   # InputError: a ValueError
 
 
 def prompt_of_run(run: dict, run_dir) -> RunPrompt:

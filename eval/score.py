@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from data.leak import normalize_input
-from eval.coverage import Entry, check_entries, refusal_message
+from eval.coverage import Entry, add_refusal_flags, check_entries, refusal_message
 from eval.metric import paired_comparison, render_comparison, render_scorecard, scorecard
 from eval.records import RecordError, read_records
 from eval.ruler import RulerError, load_ruler
@@ -76,13 +76,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", dest="json_out", default=None, help="also write the results as JSON")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
-    p.add_argument("--allow-duplicates", action="store_true",
-                   help="score the first record of each ruler case and drop later repeats "
-                        "(default: refuse a file that repeats a case)")
-    p.add_argument("--allow-unknown", action="store_true",
-                   help="score records that are not ruler cases too (default: refuse them)")
-    p.add_argument("--allow-other-ruler", action="store_true",
-                   help="score records judged on another ruler version (default: refuse them)")
+    add_refusal_flags(p, "score", "score (with a notice)")
     args = p.parse_args(argv)
     if args.baseline and args.by != "experiment":
         p.error("--baseline needs --by experiment")

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from data.contract import RUBRIC_DIMENSIONS
+from data.contract.inputs import InputError, read_json
 from eval.judges import JudgeItem
 from eval.records import JudgedRecord
 from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
@@ -195,9 +196,9 @@ def load(folder) -> tuple[Model, dict]:
         if not p.is_file():
             raise LearnedJudgeError(f"{p}: missing; train one with python -m judge.learn")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LearnedJudgeError(f"{cfg_path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        cfg = read_json(cfg_path, what="learned-judge config")
+    except InputError as e:
+        raise LearnedJudgeError(str(e)) from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise LearnedJudgeError(f"{cfg_path}: key 'format' must be {FORMAT!r}")
     w_sha = hashlib.sha256(w_path.read_bytes()).hexdigest()

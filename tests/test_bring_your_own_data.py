@@ -163,7 +163,7 @@ def test_import_gold_writes_canonical_and_quarantines_ambiguous(tmp_path, capsys
                taskTitle="Bake bread")
     src.write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
     out = tmp_path / "out.jsonl"
-    assert main([str(src), "--out", str(out)]) == 0
+    assert main([str(src), "--out", str(out)]) == 1     # one case quarantined
     (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
     assert rec["gold"]["taskTitle"] == "Repair a dripping bathroom tap"
     assert rec["gold"]["questions"][0]["title"] == "Is the tap a mixer or two separate taps?"

@@ -114,10 +114,14 @@ def depth(obj: Any) -> int:
 
 
 def parse_json(text: str, where: str, *, what: str = "record",
-               max_depth: int = MAX_JSON_DEPTH) -> Any:
+               max_depth: int = MAX_JSON_DEPTH, whole_file: bool = False) -> Any:
+    """One JSON value; `whole_file`: `where` is a file name, and an error adds its line."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
+        if whole_file:
+            raise InputError(f"{where}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})"
+                             ) from None
         raise InputError(f"{where}: invalid JSON in {what} ({e.msg}, column {e.colno})") from None
     except RecursionError:
         raise InputError(f"{where}: {what} nested too deeply (limit {max_depth})") from None
@@ -144,15 +148,7 @@ def read_json(path, *, what: str = "JSON file", limit: int = MAX_JSON_BYTES,
               max_depth: int = MAX_JSON_DEPTH) -> Any:
     """One JSON document, at most `limit` bytes and `max_depth` levels deep."""
     text = read_text(path, what=what, limit=limit)
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg}, column {e.colno})") from None
-    except RecursionError:
-        raise InputError(f"{path}: {what} nested too deeply (limit {max_depth})") from None
-    if depth(obj) > max_depth:
-        raise InputError(f"{path}: {what} nested more than {max_depth} levels deep")
-    return obj
+    return parse_json(text, str(path), what=what, max_depth=max_depth, whole_file=True)
 
 
 def read_text_lines(path, *, what: str = "task", max_chars: int = MAX_TASK_CHARS,
