@@ -42,7 +42,7 @@ get getting go going do doing make making how about up out new
 NEAR_DUPLICATE_JACCARD = 0.75
 NEAR_DUPLICATE_RATIO = 0.92
 CONTAIN_MIN_WORDS = 3      # a 1-2 word ruler input inside a longer task is a topic, not a copy
-# Calibrated on the bundled data (tests/test_hostile_leaks.py measures it again): the 324 pool
+# Calibrated on the bundled data (tests/test_hostile_inputs.py measures it again): the 324 pool
 # tasks' highest cosine to any of the 30 ruler inputs is 0.62 ("Organize a weekly family meeting
 # routine" vs ruler-11), a close paraphrase of a ruler input scores 0.96. 0.80 sits in the
 # middle of that gap; MiniLM puts same-task rewordings at 0.8-0.95.
