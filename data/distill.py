@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from data.anthropic_client import (
     DEFAULT_CACHE_PATH, DEFAULT_MODEL, ClaudeAPIError, ClaudeClient, ToolReply,
 )
+from data.cli_types import COUNT, NON_NEGATIVE, POSITIVE, number
 from data.api_retry import RetryPolicy
 from data.concurrency import run_concurrently
 from data.redaction import MissingKeyError, api_key_from_env, redact
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="tasks: text (one per line, # comments) or JSONL with id/input")
     p.add_argument("--out", required=True, type=Path, help="gold JSONL to write (appended to)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="teacher model (default %(default)s)")
-    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--concurrency", type=COUNT, default=8, help="requests in flight (default 8)")
     p.add_argument("--batch", action="store_true",
                    help="use the Message Batches API (half price, results within 24 h)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE_PATH,
@@ -303,15 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quarantine", type=Path, default=None,
                    help="where rejected tasks go with the reason (default: next to --out, "
                         "gold.jsonl -> gold.quarantine.jsonl)")
-    p.add_argument("--max-attempts", type=int, default=3,
+    p.add_argument("--max-attempts", type=COUNT, default=3,
                    help="answers per task before quarantine (default 3)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=6,
+    p.add_argument("--max-tokens", type=COUNT, default=DEFAULT_MAX_TOKENS)
+    p.add_argument("--timeout", type=POSITIVE, default=120.0, help="seconds per request")
+    p.add_argument("--max-retries", type=NON_NEGATIVE, default=6,
                    help="retries of 429/529/5xx/timeouts per request (default 6)")
-    p.add_argument("--retry-base-delay", type=float, default=1.0,
+    p.add_argument("--retry-base-delay", type=number(0.0), default=1.0,
                    help="first backoff in seconds; doubles per retry, with jitter")
-    p.add_argument("--poll-interval", type=float, default=30.0,
+    p.add_argument("--poll-interval", type=POSITIVE, default=30.0,
                    help="--batch: seconds between status checks (default 30)")
     p.add_argument("--retry-quarantined", action="store_true",
                    help="ask again (bypassing the cache) for tasks in the quarantine file")

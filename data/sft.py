@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data.cli_types import FRACTION
 from data.contract import (PROMPT_HASH, Case, ContractError, FieldMapError, case_from_dict,
                            normalize_space, parse_assistant, parse_field_map, planner_messages,
                            read_jsonl, render_assistant, sha256_text, spec_violations)
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="gold JSONL file or folder of .jsonl (repeatable; default: the bundled "
                          f"hand-written references in {REFERENCES_DIR})")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder ({DEFAULT_OUT})")
-    ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--val-fraction", type=FRACTION, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", dest="gold_format", choices=GOLD_FORMATS, default="cases",
                     help="cases: gold case JSONL (default); apple: Apple-toolkit message arrays "

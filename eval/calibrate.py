@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.cli_types import COUNT, FRACTION, number
 from data.contract import RUBRIC_DIMENSIONS
 from data.leak import normalize_input
 from eval.judges.offline import (BACKENDS, DEFAULT_WEIGHTS, OfflineJudge, default_weights,
@@ -285,13 +286,13 @@ def main(argv=None) -> int:
                    help="judged records with real-judge verdicts (default: the project's own "
                         "calibration set, eval.calibration_set)")
     p.add_argument("--out", default=None, help="write the fitted weights here (JSON)")
-    p.add_argument("--holdout", type=float, default=0.3, help="share of inputs held out (0.3)")
+    p.add_argument("--holdout", type=FRACTION, default=0.3, help="share of inputs held out (0.3)")
     p.add_argument("--seed", type=int, default=0, help="split seed (0)")
-    p.add_argument("--ridge", type=float, default=1e-3, help="ridge strength (0.001)")
+    p.add_argument("--ridge", type=number(0.0), default=1e-3, help="ridge strength (0.001)")
     p.add_argument("--offline-backend", choices=BACKENDS + ("both",), default=None,
                    help="similarity backend to fit: embedding, lexical or both side by side "
                         "(default: both for the calibration set, else the judge's default)")
-    p.add_argument("--per-domain", type=int, default=2,
+    p.add_argument("--per-domain", type=COUNT, default=2,
                    help="calibration set: reference tasks per domain, x7 candidates (2 -> 252)")
     p.add_argument("--write-set", default=None,
                    help="also write the calibration set as judged records (JSONL)")

@@ -30,6 +30,7 @@ import json
 import sys
 from pathlib import Path
 
+from data.cli_types import COUNT
 from data.contract import ContractError, DiscoveryResult, parse_assistant, parse_field_map, \
     read_jsonl, spec_violations
 from eval.coverage import (Coverage, Entry, add_refusal_flags, check_entries,
@@ -191,10 +192,10 @@ def main(argv=None) -> int:
                         "learned:DIR (python -m judge.learn)")
     p.add_argument("--swap", action="store_true",
                    help="anthropic: also judge with the sets swapped; disagreement = tie")
-    p.add_argument("--samples", type=int, default=1, help="anthropic: judge K times, average")
+    p.add_argument("--samples", type=COUNT, default=1, help="anthropic: judge K times, average")
     p.add_argument("--model", default=None, help="anthropic: judge model")
     p.add_argument("--cache", dest="cache_path", default=None, help="anthropic: verdict cache")
-    p.add_argument("--concurrency", type=int, default=None, help="anthropic: parallel requests")
+    p.add_argument("--concurrency", type=COUNT, default=None, help="anthropic: parallel requests")
     p.add_argument("--weights", default=None, help="offline: fitted weights from eval.calibrate")
     p.add_argument("--offline-backend", choices=("embedding", "lexical"), default=None,
                    help="offline: similarity backend (default embedding: the bundled "

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 from data.appendlog import write_text_atomically
+from data.cli_types import COUNT
 from dataclasses import replace
 
 from data.contract import ContractError, FieldMapError, parse_field_map
@@ -270,18 +271,18 @@ def main(argv=None) -> int:
                    help=f"what was changed: {', '.join(LEVERS)} (free text allowed)")
     p.add_argument("--db", default=str(DEFAULT_DB), help=f"experiment log (default {DEFAULT_DB})")
     p.add_argument("--out-dir", default=None, help="per-case results (default runs/eval/<label>)")
-    p.add_argument("--max-new-tokens", type=int, default=640)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=COUNT, default=640)
+    p.add_argument("--batch-size", type=COUNT, default=16)
     p.add_argument("--swap", action="store_true", help="anthropic: also judge position-swapped")
-    p.add_argument("--samples", type=int, default=1, help="anthropic: judge K times and average")
+    p.add_argument("--samples", type=COUNT, default=1, help="anthropic: judge K times and average")
     p.add_argument("--judge-model", default=None, help="anthropic: judge model")
     p.add_argument("--judge-cache", default=None, help="anthropic: verdict cache (SQLite)")
-    p.add_argument("--judge-concurrency", type=int, default=None,
+    p.add_argument("--judge-concurrency", type=COUNT, default=None,
                    help="anthropic: parallel requests")
     p.add_argument("--weights", default=None, help="offline: fitted weights (eval.calibrate)")
     p.add_argument("--offline-backend", choices=("embedding", "lexical"), default=None,
                    help="offline: similarity backend (default embedding: bundled MiniLM)")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="retrieval: demonstrations per case")
+    p.add_argument("--k", type=COUNT, default=DEFAULT_K, help="retrieval: demonstrations per case")
     p.add_argument("--pool", default=None,
                    help="retrieval: gold/SFT JSONL file or folder (default: bundled references)")
     p.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
+from data.cli_types import COUNT
 from data.contract import RUBRIC_DIMENSIONS
 from eval.records import JudgedRecord, RecordError, read_records
 from eval.verdict import GOLD_BETTER, Verdict, case_quality
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="all",
                    help="learned variants: all, none, or a comma list of "
                         f"{', '.join(VARIANTS)}")
-    p.add_argument("--full", type=int, default=FULL, help="cases in a full run (30)")
+    p.add_argument("--full", type=COUNT, default=FULL, help="cases in a full run (30)")
     p.add_argument("--plot", default=None, help="write offline-vs-real experiment means (PNG)")
     p.add_argument("--report-json", default=None, help="also write the numbers as JSON")
     args = p.parse_args(argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from data.cli_types import POSITIVE
 from eval.records import RecordError, read_records
 from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, save, train,
@@ -41,8 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for the fitted judge")
     p.add_argument("--groups", default=",".join(DEFAULT_GROUPS),
                    help=f"feature groups, from {', '.join(GROUPS)} (default: embed,offline,text)")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="ridge strength")
-    p.add_argument("--c", type=float, default=DEFAULT_C, help="pairwise inverse L2 strength")
+    p.add_argument("--alpha", type=POSITIVE, default=DEFAULT_ALPHA, help="ridge strength")
+    p.add_argument("--c", type=POSITIVE, default=DEFAULT_C, help="pairwise inverse L2 strength")
     p.add_argument("--backend", choices=("embedding", "lexical"), default="embedding",
                    help="similarity for the features (embedding: bundled all-MiniLM-L6-v2)")
     args = p.parse_args(argv)

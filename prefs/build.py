@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from data.appendlog import write_json_atomically
+from data.cli_types import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SHARE, number
 from data.contract import JUDGE_PROMPT_HASH, PROMPT_HASH, ContractError, DiscoveryResult
 from data.corpus import REFERENCES_DIR
 from data.leak import LeakError, normalize_input, ruler_guard
@@ -146,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="student base: hub id, local folder, Apple assets folder or 'standin' "
                         "(default: the base named in the adapter's run.json)")
     g.add_argument("--student-adapter", default=None, help="student adapter (an SFT run folder)")
-    g.add_argument("--samples", type=int, default=4, help="samples per task (4)")
-    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0.8)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-new-tokens", type=int, default=640)
-    g.add_argument("--batch-size", type=int, default=8, help="tasks per generate call")
+    g.add_argument("--samples", type=COUNT, default=4, help="samples per task (4)")
+    g.add_argument("--temperature", type=POSITIVE, default=0.8, help="sampling temperature (0.8)")
+    g.add_argument("--top-p", type=number(0.0, 1.0, lo_open=True), default=1.0)
+    g.add_argument("--max-new-tokens", type=COUNT, default=640)
+    g.add_argument("--batch-size", type=COUNT, default=8, help="tasks per generate call")
     g.add_argument("--engine", choices=("torch", "mlx"), default="torch",
                    help="sampling engine: torch (transformers) | mlx (native Apple silicon)")
     g.add_argument("--drafts", action="append", type=Path, default=[],
@@ -160,21 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--judge-model", default=None, help="anthropic: judge model")
     g.add_argument("--judge-cache", default=None, help="anthropic: verdict cache (default: the "
                                                        "shared .cache/anthropic one)")
-    g.add_argument("--judge-concurrency", type=int, default=None)
+    g.add_argument("--judge-concurrency", type=COUNT, default=None)
     g.add_argument("--judge-swap", action="store_true", help="anthropic: judge both orders")
-    g.add_argument("--judge-samples", type=int, default=1, help="anthropic: judge K times")
+    g.add_argument("--judge-samples", type=COUNT, default=1, help="anthropic: judge K times")
     g.add_argument("--judge-weights", default=None, help="offline: fitted weights")
     g.add_argument("--embedding-model", default=None, help="offline: local embedding folder")
     g.add_argument("--offline-backend", choices=("embedding", "lexical"), default=None,
                    help="offline: similarity backend (default embedding)")
-    g.add_argument("--margin", type=float, default=PrefsOptions.margin,
+    g.add_argument("--margin", type=number(0.0), default=PrefsOptions.margin,
                    help="minimum case-quality gap chosen - rejected, 0..1 (0.1)")
-    g.add_argument("--max-pairs-per-task", type=int, default=PrefsOptions.max_pairs_per_task)
-    g.add_argument("--synthetic-share", type=float, default=PrefsOptions.synthetic_share,
+    g.add_argument("--max-pairs-per-task", type=COUNT, default=PrefsOptions.max_pairs_per_task)
+    g.add_argument("--synthetic-share", type=SHARE, default=PrefsOptions.synthetic_share,
                    help="share of synthetic rejections per task, 0..1 (0.5)")
-    g.add_argument("--negatives-per-kind", type=int, default=PrefsOptions.negatives_per_kind)
-    g.add_argument("--val-fraction", type=float, default=PrefsOptions.val_fraction)
-    g.add_argument("--limit", type=int, default=None, help="only the first N gold tasks")
+    g.add_argument("--negatives-per-kind", type=NON_NEGATIVE, default=PrefsOptions.negatives_per_kind)
+    g.add_argument("--val-fraction", type=FRACTION, default=PrefsOptions.val_fraction)
+    g.add_argument("--limit", type=COUNT, default=None, help="only the first N gold tasks")
     g.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     opts = PrefsOptions(margin=args.margin, max_pairs_per_task=args.max_pairs_per_task,

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data.appendlog import write_json_atomically
+from data.cli_types import COUNT
 from data.corpus import REFERENCES_DIR
 
 console = Console()
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("runs/levers"))
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {', '.join(METHODS)}")
-    ap.add_argument("--max-steps", type=int, default=None,
+    ap.add_argument("--max-steps", type=COUNT, default=None,
                     help="cap every method's training steps (a quick look)")
     ap.add_argument("--sft-adapter", type=Path, default=None,
                     help="start from this SFT run on the stand-in instead of training one")

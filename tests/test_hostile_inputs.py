@@ -730,3 +730,38 @@ def test_eval_judge_allow_duplicates_judges_the_first_line_only(tmp_path, capsys
     records = read(out)
     assert len(records) == 30 and "error" not in records[0]
     assert f"{path}:31: case ruler-01 already given at {path}:1" in capsys.readouterr().err
+
+
+# ---- numeric flags out of range: a usage error naming the flag and its range -------------------
+OUT_OF_RANGE_FLAGS = [
+    ("data.distill", ["--tasks", "t.txt", "--out", "o.jsonl", "--concurrency", "0"],
+     "--concurrency", "integer >= 1"),
+    ("data.distill", ["--tasks", "t.txt", "--out", "o.jsonl", "--timeout", "-1"],
+     "--timeout", "(0.0, inf)"),
+    ("data.distill", ["--tasks", "t.txt", "--out", "o.jsonl", "--max-retries", "-2"],
+     "--max-retries", "integer >= 0"),
+    ("data.sft", ["--val-fraction", "1.5"], "--val-fraction", "[0.0, 1.0)"),
+    ("eval.run", ["--base", "b", "--label", "x", "--note", "n", "--batch-size", "0"],
+     "--batch-size", "integer >= 1"),
+    ("eval.judge", ["--candidates", "c.jsonl", "--samples", "0"], "--samples", "integer >= 1"),
+    ("eval.calibrate", ["--holdout", "nan"], "--holdout", "finite number"),
+    ("prefs.build", ["--top-p", "0"], "--top-p", "(0.0, 1.0]"),
+    ("prefs.build", ["--limit", "ten"], "--limit", "expected an integer"),
+    ("judge.learn", ["--records", "r.jsonl", "--out", "d", "--alpha", "inf"], "--alpha",
+     "finite number"),
+    ("recipes.levers", ["--max-steps", "0"], "--max-steps", "integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("module,argv,flag,allowed", OUT_OF_RANGE_FLAGS,
+                         ids=[f"{m}{a[-2]}" for m, a, _f, _x in OUT_OF_RANGE_FLAGS])
+def test_numeric_flags_out_of_range_are_usage_errors(module, argv, flag, allowed, tmp_path,
+                                                     capsys, monkeypatch):
+    import importlib
+    monkeypatch.chdir(tmp_path)                  # nothing may be written, even by mistake
+    main = importlib.import_module(module).main
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"argument {flag}" in err and allowed in err, err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from data.cli_types import COUNT
 from data.contract import ContractError, InputError
 from eval.ruler import (EXPECTED_CASES, RulerError, freeze, load_ruler, resolve_ruler_dir,
                         verify_ruler)
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
                                                   "with id/input)")
     b.add_argument("--out-dir", required=True, help="folder for the case files to review")
     b.add_argument("--model", default=None, help="teacher model (default: the client's)")
-    b.add_argument("--concurrency", type=int, default=None, help="parallel requests")
+    b.add_argument("--concurrency", type=COUNT, default=None, help="parallel requests")
     b.add_argument("--batch", action="store_true", help="use the Message Batches API")
     b.add_argument("--cache", default=None, help="SQLite response cache path")
     args = p.parse_args(argv)
