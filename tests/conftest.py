@@ -87,3 +87,15 @@ def tiny_pairs_dir(tmp_path_factory) -> Path:
     build_prefs([REFERENCES_DIR], out, get_judge("offline"),
                 options=PrefsOptions(limit=24, val_fraction=0.25, seed=0), progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    """A valid stand-in conformance .fmadapter exported from a synthetic run (one per module)."""
+    from export.fmadapter import main
+    from export.synthetic import synthetic_standin_run
+    root = tmp_path_factory.mktemp("pkg")
+    run = synthetic_standin_run(root / "run")
+    assert main(["--adapter", str(run), "--name", "tiny", "--out", str(root / "out"), "--quiet",
+                 "--allow-stand-in"]) == 0
+    return root / "out" / "tiny.fmadapter"

@@ -15,16 +15,6 @@ from export.blob import BlobWriter, read_index
 from export.fmadapter import main
 from export.plan import ExportError
 from export.reader import inspect_package, to_peft
-from export.synthetic import synthetic_standin_run
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pkg")
-    run = synthetic_standin_run(root / "run")
-    assert main(["--adapter", str(run), "--name", "tiny", "--out", str(root / "out"), "--quiet",
-                 "--allow-stand-in"]) == 0
-    return root / "out" / "tiny.fmadapter"
 
 
 @pytest.fixture()

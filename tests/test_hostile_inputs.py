@@ -307,15 +307,7 @@ def test_ruler_verify_writes_nothing(capsys):
 
 
 # ---- export inspect: symlinks, FIFOs, depth and size ------------------------------------------
-@pytest.fixture(scope="module")
-def package(tmp_path_factory):
-    from export.fmadapter import main
-    from export.synthetic import synthetic_standin_run
-    root = tmp_path_factory.mktemp("pkg")
-    run = synthetic_standin_run(root / "run")
-    assert main(["--adapter", str(run), "--name", "tiny", "--out", str(root / "out"), "--quiet",
-                 "--allow-stand-in"]) == 0
-    return root / "out" / "tiny.fmadapter"
+# (the `package` fixture, a valid stand-in .fmadapter, is in conftest.py)
 
 
 def _symlinked_file(pkg, outside, name):
