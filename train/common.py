@@ -116,7 +116,7 @@ def trainer_args_kwargs(cfg: TrainingFields, out: Path, has_val: bool, device: s
         data_seed=cfg.seed, logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy=cfg.save_strategy, save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit, eval_strategy="epoch" if has_val else "no",
-        gradient_checkpointing=cfg.gradient_checkpointing, report_to=cfg.report_to,
+        activation_checkpointing=cfg.gradient_checkpointing, report_to=cfg.report_to,
         use_liger_kernel=cfg.use_liger_kernel,
         disable_tqdm=not cfg.progress, dataloader_num_workers=0,
         **trainer_precision_kwargs(device, precision))
