@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,mlx]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,mlx,guided,smollm2]'
 	touch $(STAMP)
 
 demo: $(STAMP)

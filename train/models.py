@@ -11,7 +11,9 @@ import hashlib
 import json
 from pathlib import Path
 
-STANDIN_ALIASES = ("standin", "standin:tiny")
+STANDIN_ALIASES = ("standin", "standin:tiny", "toy")   # the tiny offline toy (train.standin)
+SMOLLM2_ALIAS = "smollm2-135m"                          # SmolLM2-135M-Instruct (train.smollm2)
+BASE_ALIASES = STANDIN_ALIASES + (SMOLLM2_ALIAS,)
 
 # Architectures whose rotary embedding pairs dimensions half-split (NeoX style). Anything else
 # must state its layout; export never guesses it.
@@ -60,7 +62,7 @@ def _identity(path: Path | None, name: str, revision: str | None) -> str:
         return h.hexdigest()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = f.relative_to(path).as_posix()
-        if rel.startswith(".") or rel in ("standin.json",):
+        if rel.startswith(".") or rel in ("standin.json", "base.json"):
             continue
         h.update(rel.encode())
         size = f.stat().st_size
@@ -72,10 +74,21 @@ def _identity(path: Path | None, name: str, revision: str | None) -> str:
 
 
 def resolve_base(name_or_path: str) -> str:
+    """A base alias (built or fetched on first use, offline afterwards) -> its local folder."""
     if name_or_path in STANDIN_ALIASES:
         from train.standin import build_standin
         return str(build_standin())
+    if name_or_path == SMOLLM2_ALIAS:
+        from train.smollm2 import build_smollm2
+        return str(build_smollm2())
     return name_or_path
+
+
+def recorded_alias(name_or_path: str) -> str | None:
+    """The name run.json records for an alias (every toy spelling as "standin", as before)."""
+    if name_or_path in STANDIN_ALIASES:
+        return "standin"
+    return name_or_path if name_or_path in BASE_ALIASES else None
 
 
 def load_base(name_or_path: str, *, revision: str | None = None, precision: str = "fp32",
@@ -83,8 +96,10 @@ def load_base(name_or_path: str, *, revision: str | None = None, precision: str 
     """(model, tokenizer, base_info) for any supported base. kv_quant "device" (Apple's base
     only) fake-quantises keys/values as the device runtime does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    stand_in_alias = name_or_path in STANDIN_ALIASES
+    hf_logging.disable_progress_bar()   # a "Loading weights" bar per load is noise, not progress
+    alias = recorded_alias(name_or_path)
     name_or_path = resolve_base(name_or_path)
     path = Path(name_or_path)
     try:
@@ -108,7 +123,7 @@ def load_base(name_or_path: str, *, revision: str | None = None, precision: str 
     if device:
         model.to(device)
     arch = (model.config.architectures or [type(model).__name__])[0]
-    return model, tokenizer, hf_base_info(name_or_path, arch, revision, stand_in_alias)
+    return model, tokenizer, hf_base_info(name_or_path, arch, revision, alias)
 
 
 def check_kv_quant_base(kv_quant: str, name_or_path: str) -> None:
@@ -117,11 +132,14 @@ def check_kv_quant_base(kv_quant: str, name_or_path: str) -> None:
                          f"to Apple's base (a toolkit assets folder) only, not {name_or_path!r}")
 
 
-def hf_base_info(name_or_path: str, arch: str, revision: str | None, stand_in_alias: bool) -> dict:
-    """run.json["base_model"] for a hub id / save_pretrained folder (either backend)."""
+def hf_base_info(name_or_path: str, arch: str, revision: str | None, alias: str | None) -> dict:
+    """run.json["base_model"] for a hub id / save_pretrained folder (either backend); `alias` is
+    the name a base alias is recorded under, and `source` where a fetched base came from."""
+    from train.smollm2 import provenance
     path = Path(name_or_path)
     return {
-        "name_or_path": "standin" if stand_in_alias else name_or_path,
+        "name_or_path": alias or name_or_path,
+        "source": provenance(path) if path.is_dir() else None,
         "revision": revision,
         "identity": _identity(path if path.is_dir() else None, name_or_path, revision),
         "architecture": arch,
@@ -143,9 +161,25 @@ def load_with_adapter(base: str, adapter_dir: str | Path | None, *, precision: s
         if not (adapter_dir / "adapter_config.json").exists():
             raise FileNotFoundError(f"{adapter_dir}: not a PEFT adapter folder "
                                     "(adapter_config.json is missing)")
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        with peft_quietly():
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model, tokenizer, info
+
+
+def peft_quietly():
+    """PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecated (a
+    FutureWarning on every adapter load that no caller can act on); only that one is silenced."""
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def ctx():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning,
+                                    message=r"`is_gradient_checkpointing` is deprecated")
+            yield
+    return ctx()
 
 
 def read_run(run_dir: str | Path) -> dict:

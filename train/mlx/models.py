@@ -183,7 +183,7 @@ def _rope_overrides(config: dict) -> dict:
     return out
 
 
-def load_hf_mlx(name_or_path: str, precision: str, stand_in_alias: bool) -> MLXBase:
+def load_hf_mlx(name_or_path: str, precision: str, alias: str | None) -> MLXBase:
     from mlx_lm.utils import load_model
     from transformers import AutoTokenizer
 
@@ -204,16 +204,16 @@ def load_hf_mlx(name_or_path: str, precision: str, stand_in_alias: bool) -> MLXB
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token     # as train.models.load_base
     arch = (config.get("architectures") or [config.get("model_type", "unknown")])[0]
-    return MLXBase(model, tokenizer, hf_base_info(name_or_path, arch, None, stand_in_alias), "hf")
+    return MLXBase(model, tokenizer, hf_base_info(name_or_path, arch, None, alias), "hf")
 
 
 def load_mlx_base(name_or_path: str, precision: str = "fp32", kv_quant: str = "off") -> MLXBase:
     """Any base train.models.load_base takes (standin alias, local folder, toolkit assets)."""
-    from train.models import STANDIN_ALIASES, check_kv_quant_base, resolve_base
+    from train.models import check_kv_quant_base, recorded_alias, resolve_base
 
     if precision not in MLX_DTYPES:
         raise ConfigError(f"precision {precision!r}: backend mlx takes {', '.join(MLX_DTYPES)}")
-    alias = name_or_path in STANDIN_ALIASES
+    alias = recorded_alias(name_or_path)
     resolved = resolve_base(name_or_path)
     from train.afm.loader import is_afm_assets
     if Path(resolved).is_dir() and is_afm_assets(resolved):
