@@ -10,6 +10,9 @@ row that has emitted EOS leaves the batch and the cache at once. `model.generate
 finished rows until the longest one ends, which made a batch with a few long answers barely
 faster than one prompt at a time. Models whose generation config asks for logits processing
 (repetition penalty, banned words, ...) and sampling go through `model.generate` as before.
+
+`guided=True` decodes under the contract's JSON schema, as Apple's runtime does for a
+`@Generable` type (train.guided): on either engine, greedy or sampled, batched.
 """
 from __future__ import annotations
 
@@ -41,18 +44,22 @@ def render_messages(tokenizer, messages: list[dict]) -> str:
 def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int = 640,
                    batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
                    top_p: float = 1.0, num_return_sequences: int = 1, seed: int | None = None,
-                   progress: bool = False) -> list[list[str]]:
+                   progress: bool = False, guided: bool = False,
+                   n_questions: int = N_QUESTIONS) -> list[list[str]]:
     """Raw completions per prompt (a list of `num_return_sequences` strings each). `model` may
-    also be train.mlx.generate's MLXEngineModel (--engine mlx): the same call runs on MLX."""
+    also be train.mlx.generate's MLXEngineModel (--engine mlx): the same call runs on MLX.
+    `guided`: constrained to the contract's schema with `n_questions` questions."""
     if getattr(model, "is_mlx_engine", False):
         from train.mlx.generate import generate_texts_mlx
         return generate_texts_mlx(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                   batch_size=batch_size, do_sample=do_sample,
                                   temperature=temperature, top_p=top_p,
                                   num_return_sequences=num_return_sequences, seed=seed,
-                                  progress=progress)
+                                  progress=progress, guided=guided, n_questions=n_questions)
     import torch
     from tqdm.auto import tqdm
+
+    from train.guided import GuidedRows
 
     device = next(model.parameters()).device
     old_side = tokenizer.padding_side
@@ -78,10 +85,15 @@ def generate_texts(model, tokenizer, prompts: list[str], *, max_new_tokens: int 
             if not do_sample and num_return_sequences == 1 and plain_greedy_config(model):
                 rows = greedy_shrinking(model, enc["input_ids"], enc["attention_mask"],
                                         max_new_tokens=max_new_tokens,
-                                        eos_token_id=tokenizer.eos_token_id)
+                                        eos_token_id=tokenizer.eos_token_id,
+                                        guide=GuidedRows(tokenizer, len(chunk), n_questions)
+                                        if guided else None)
             if rows is not None:
                 texts = [tokenizer.decode(r, skip_special_tokens=True) for r in rows]
             else:
+                if guided:
+                    from train.guided import logits_processor
+                    gen_kwargs["logits_processor"] = [logits_processor(tokenizer, n_questions)]
                 with torch.no_grad():
                     seqs = model.generate(**enc, **gen_kwargs)
                 new = seqs[:, enc["input_ids"].shape[1]:]
@@ -124,9 +136,10 @@ def _accepts(model, name: str) -> bool:
 
 
 def greedy_shrinking(model, input_ids, attention_mask, *, max_new_tokens: int,
-                     eos_token_id: int) -> list[list[int]] | None:
+                     eos_token_id: int, guide=None) -> list[list[int]] | None:
     """Greedy decoding of a left-padded batch; finished rows leave the batch. New token ids per
-    row (EOS included when emitted), or None when the model cannot run this loop."""
+    row (EOS included when emitted), or None when the model cannot run this loop. `guide`
+    (train.guided.GuidedRows, one matcher per row) masks each step's logits to the schema."""
     import torch
     from transformers.cache_utils import DynamicCache
 
@@ -149,7 +162,12 @@ def greedy_shrinking(model, input_ids, attention_mask, *, max_new_tokens: int,
                         use_cache=True, **{cache_arg: cache}, **keep_kw)
             cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
             logits = out.logits[:, -1, :].to(dtype=torch.float32)
+            if guide is not None:
+                from train.guided import mask_torch_logits
+                logits = mask_torch_logits(guide, active.tolist(), logits)
             tokens = logits.argmax(dim=-1)
+            if guide is not None:
+                guide.advance(active.tolist(), tokens.tolist())
             for row, tok in zip(active.tolist(), tokens.tolist()):
                 rows[row].append(tok)
             going = tokens != eos_token_id
@@ -176,30 +194,34 @@ def parse_generation(task_input: str, text: str, n_questions: int = N_QUESTIONS,
 
 def generate_answers(model, tokenizer, inputs: list[str], *, n_questions: int = N_QUESTIONS,
                      max_new_tokens: int = 640, batch_size: int = 16,
-                     progress: bool = False) -> list[Generation]:
+                     progress: bool = False, guided: bool = False) -> list[Generation]:
     """Greedy answers for task inputs; a failure is recorded on its case, never raised."""
     prompts = [render_prompt(tokenizer, t, n_questions) for t in inputs]
     return generate_from_prompts(model, tokenizer, inputs, prompts, n_questions=n_questions,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                 progress=progress)
+                                 progress=progress, guided=guided)
 
 
 def generate_from_prompts(model, tokenizer, inputs: list[str], prompts: list[str], *,
                           n_questions: int = N_QUESTIONS, max_new_tokens: int = 640,
                           batch_size: int = 16, progress: bool = False,
-                          field_map: dict | None = None) -> list[Generation]:
+                          field_map: dict | None = None, guided: bool = False) -> list[Generation]:
     """Greedy answers for ready-rendered prompts (one per input); failures recorded per case.
     Answers are read under every known key spelling plus `field_map` (data.contract.keys)."""
     if len(inputs) != len(prompts):
         raise ValueError(f"{len(inputs)} inputs but {len(prompts)} prompts")
     try:
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, progress=progress)
+                               batch_size=batch_size, progress=progress, guided=guided,
+                               n_questions=n_questions)
     except Exception as e:  # noqa: BLE001 — one bad batch must not lose the run; retry singly
+        if type(e).__name__ == "GuidedUnavailable":
+            raise
         texts = []
         for p in prompts:
             try:
-                texts += generate_texts(model, tokenizer, [p], max_new_tokens=max_new_tokens)
+                texts += generate_texts(model, tokenizer, [p], max_new_tokens=max_new_tokens,
+                                        guided=guided, n_questions=n_questions)
             except Exception as e1:  # noqa: BLE001
                 texts.append([f"\0generation failed: {type(e1).__name__}: {e1}"])
         del e

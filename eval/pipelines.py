@@ -51,10 +51,15 @@ class PipelineOptions:
     progress: bool = False
     template: PromptTemplate | None = None  # the adapter's own prompt (eval.run_prompt); single only
     field_map: dict | None = None           # its answers' key names, beyond the known aliases
+    guided: bool = False                    # decode under the contract's schema (train.guided)
 
     def describe(self, name: str) -> dict:
         """What decides the candidates (recorded with the experiment and hashed into its config)."""
         d = {"pipeline": name, "max_new_tokens": self.max_new_tokens, "decoding": "greedy"}
+        if self.guided:   # only then, so unguided experiments keep their hashes
+            from train.guided import GRAMMAR_LIBRARY, JSON_OPTIONS
+            d["guided"] = {"schema": "data.contract.json_schema", "library": GRAMMAR_LIBRARY,
+                           "whitespace": JSON_OPTIONS["whitespace_pattern"]}
         if self.template is not None:
             d["prompt_template_sha256"] = self.template.sha256
         if self.field_map:
@@ -252,7 +257,7 @@ def run_pipeline(name: str, model, tokenizer, inputs: list[str],
     """One Generation per input, in order; per-case failures are recorded, never raised."""
     opts = options or PipelineOptions()
     common = dict(max_new_tokens=opts.max_new_tokens, batch_size=opts.batch_size,
-                  progress=opts.progress, field_map=opts.field_map)
+                  progress=opts.progress, field_map=opts.field_map, guided=opts.guided)
     if opts.template is not None and name != "single":
         # overgen-prune asks for 8 questions and retrieval inserts demonstrations, both by
         # editing the contract's prompt; another prompt's words cannot be edited that way.

@@ -99,7 +99,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
              samples: int = 1, k: int = DEFAULT_K, pool=None, ruler_dir=None,
              judge_options: dict | None = None, device: str = "auto", precision: str = "fp32",
              engine: str = "torch", kv_quant: str = "off", prompt_from=None,
-             field_map: dict | None = None,
+             field_map: dict | None = None, guided: bool = False,
              progress: bool = True, console=None, quiet: bool = False) -> dict:
     """Generate, gate, judge, score, write and log one experiment; returns its summary dict.
 
@@ -143,7 +143,8 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     opts = PipelineOptions(max_new_tokens=max_new_tokens, batch_size=batch_size, k=k,
                            pool=pool_cases, progress=progress,
                            pool_source=str(pool) if pool else "bundled reference answers",
-                           template=rp.template, field_map=rp.field_map or None)
+                           template=rp.template, field_map=rp.field_map or None,
+                           guided=guided)
     if rp.template is not None and pipeline != "single":
         raise ValueError(f"{rp.origin}: trained on its own prompt (sha256 {rp.sha256[:12]}); "
                          f"pipeline {pipeline} rewrites the contract's prompt, so score it with "
@@ -257,10 +258,13 @@ def _print_summary(console, card, judge: str, s: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from train.guided import GuidedUnavailable
+
     p = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True,
-                   help="base model: hub id, local folder, Apple assets folder, or 'standin'")
+                   help="base model: hub id, local folder, Apple assets folder, or an alias: "
+                        "smollm2-135m (SmolLM2-135M-Instruct) | toy (the tiny stand-in)")
     p.add_argument("--adapter", default=None, help="training run folder (PEFT adapter + run.json)")
     p.add_argument("--pipeline", choices=PIPELINES, default="single")
     p.add_argument("--judge", choices=("offline", "anthropic"), default="offline",
@@ -298,6 +302,9 @@ def main(argv=None) -> int:
     p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
                    help="key names the answers use beyond the known aliases (default: the "
                         "adapter run's field_map)")
+    p.add_argument("--guided", action="store_true",
+                   help="decode under the contract's JSON schema (exactly 7 questions), as the "
+                        "device runtime does for a @Generable type (needs llguidance)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1 or args.k < 0:
@@ -329,11 +336,11 @@ def main(argv=None) -> int:
                      pool=args.pool, ruler_dir=args.ruler_dir, judge_options=opts,
                      device=args.device, precision=args.precision, engine=args.engine,
                      kv_quant=args.kv_quant, prompt_from=args.prompt_from, field_map=fmap,
-                     progress=not args.no_progress)
+                     guided=args.guided, progress=not args.no_progress)
     except RulerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, ContractError) as e:
+    except (ValueError, FileNotFoundError, ContractError, GuidedUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 3 if s["status"] == "invalid" else 0

@@ -37,6 +37,7 @@ from data.sft import dedupe, load_gold, write_jsonl_atomic
 from prefs.pairs import (REJECTION_KINDS, PrefsOptions, PrefsReport, apple_pair, judge_candidates,
                          select_pairs, sidecar_row, task_candidates, trl_pair)
 from prefs.student import StudentSpec, read_drafts, resolve_student, sample_student
+from train.guided import GuidedUnavailable
 
 DEFAULT_OUT = Path("runs/data/prefs")
 
@@ -154,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--batch-size", type=COUNT, default=8, help="tasks per generate call")
     g.add_argument("--engine", choices=("torch", "mlx"), default="torch",
                    help="sampling engine: torch (transformers) | mlx (native Apple silicon)")
+    g.add_argument("--guided", action="store_true",
+                   help="sample under the contract's JSON schema (exactly 7 questions), as the "
+                        "device runtime decodes a @Generable type")
     g.add_argument("--drafts", action="append", type=Path, default=[],
                    help="JSONL of {input, candidate|text} drafts (repeatable)")
     g = ap.add_argument_group("judging and pairing")
@@ -188,11 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                                   temperature=args.temperature, top_p=args.top_p,
                                   max_new_tokens=args.max_new_tokens,
                                   batch_size=args.batch_size, seed=args.seed,
-                                  engine=args.engine)
+                                  engine=args.engine, guided=args.guided)
         judge = build_judge_from_args(args)
         rep = build_prefs(args.gold or [REFERENCES_DIR], args.out, judge, options=opts,
                           student=student, drafts_files=args.drafts)
-    except (LeakError, ContractError, FileNotFoundError, ValueError) as e:
+    except (LeakError, ContractError, FileNotFoundError, ValueError, GuidedUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     kinds = ", ".join(f"{k} {rep.by_kind.get(k, 0)}" for k in REJECTION_KINDS)

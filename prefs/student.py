@@ -26,7 +26,7 @@ from data.leak import normalize_input
 
 @dataclass(frozen=True)
 class StudentSpec:
-    base: str                       # hub id, local folder, Apple assets folder or "standin"
+    base: str                       # hub id, local folder, Apple assets folder or an alias
     adapter: str | None = None      # PEFT adapter / training run folder
     n: int = 4                      # samples per task
     temperature: float = 0.8
@@ -35,6 +35,7 @@ class StudentSpec:
     batch_size: int = 8             # tasks per generate call (each yields n sequences)
     seed: int = 0
     engine: str = "torch"           # torch | mlx: different random streams, so different samples
+    guided: bool = False            # sampled under the contract's schema (train.guided)
 
     def key(self) -> str:
         """Identity of the samples: changing any of these makes new samples."""
@@ -45,13 +46,15 @@ class StudentSpec:
         ident = {k: v for k, v in asdict(self).items() if k != "batch_size"}
         if self.engine == "torch":
             del ident["engine"]     # keys from before the MLX engine stay valid
+        if not self.guided:
+            del ident["guided"]     # and those from before guided sampling
         ident.update(adapter_sha256=adapter_sha, prompt_hash=PROMPT_HASH)
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def provenance(self) -> dict:
         out = {"student_base": self.base, "student_adapter": self.adapter,
                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
-               "engine": self.engine}
+               "engine": self.engine, "guided": self.guided}
         if self.adapter and (Path(self.adapter) / "run.json").exists():
             run = json.loads((Path(self.adapter) / "run.json").read_text(encoding="utf-8"))
             out["student_run_id"] = run.get("run_id")
@@ -118,7 +121,8 @@ def sample_student(inputs: list[str], spec: StudentSpec, log_path: Path,
                     model, tokenizer, [render_prompt(tokenizer, t) for t in chunk],
                     max_new_tokens=spec.max_new_tokens, batch_size=len(chunk), do_sample=True,
                     temperature=spec.temperature, top_p=spec.top_p,
-                    num_return_sequences=spec.n, seed=_chunk_seed(spec.seed, chunk[0]))
+                    num_return_sequences=spec.n, seed=_chunk_seed(spec.seed, chunk[0]),
+                    guided=spec.guided)
                 for task_input, samples in zip(chunk, texts):
                     norm = normalize_input(task_input)
                     have[norm] = {}

@@ -27,8 +27,8 @@ from data.appendlog import write_json_atomically
 from rl.common import JudgeFields, build_judge, check_judge, confirm_spend, load_tasks
 from rl.reward import PlannerReward, judge_cost_estimate
 from train.common import (TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
-                          plot_curves, resolve_runtime, run_record, stage_main,
-                          trainer_args_kwargs, warn_ruler_leaks)
+                          one_progress_bar, plot_curves, quiet_datasets, resolve_runtime,
+                          run_record, stage_main, trainer_args_kwargs, warn_ruler_leaks)
 from train.config import ConfigError
 from train.preference import attach_adapter_init
 from train.sft import data_record
@@ -62,6 +62,8 @@ class GRPORunConfig(JudgeFields, TrainingFields):
         "help": "discriminator updates per reward call (gold vs this batch's answers)"})
     beta: float = field(default=0.0, metadata={
         "help": "KL penalty to the start adapter (0: none, and no reference copy)"})
+    guided: bool = field(default=False, metadata={
+        "help": "sample under the contract's JSON schema (exactly 7 questions), as on device"})
 
 
 def check_config(cfg: GRPORunConfig) -> None:
@@ -98,10 +100,16 @@ def make_trainer(cfg, model, tokenizer, train_ds, reward, common: dict, callback
         from trl import GRPOConfig as Config, GRPOTrainer as Trainer
     else:
         from trl import RLOOConfig as Config, RLOOTrainer as Trainer
-    return Trainer(model=model, reward_funcs=[reward], args=Config(**sampling),
-                   train_dataset=train_ds, processing_class=tokenizer,
-                   peft_config=None if cfg.adapter_init else lora_config(cfg),
-                   callbacks=callbacks)
+    quiet_datasets()
+    trainer = Trainer(model=model, reward_funcs=[reward], args=Config(**sampling),
+                      train_dataset=train_ds, processing_class=tokenizer,
+                      peft_config=None if cfg.adapter_init else lora_config(cfg),
+                      callbacks=callbacks)
+    one_progress_bar(trainer, cfg.method.upper())
+    if cfg.guided:
+        from train.guided import guide_generate
+        guide_generate(trainer.model, tokenizer)
+    return trainer
 
 
 def run_grpo(cfg: GRPORunConfig, callbacks: list | None = None) -> Path:

@@ -37,6 +37,8 @@ class RFTRunConfig(JudgeFields, SFTRunConfig):
     samples_per_task: int = 4
     temperature: float = 0.8
     top_p: float = 1.0
+    guided: bool = field(default=False, metadata={
+        "help": "sample (and decode greedily) under the contract's JSON schema, as on device"})
     max_new_tokens: int = 640
     sample_batch_size: int = field(default=8, metadata={"help": "tasks per generate call"})
     margin: float = field(default=0.05, metadata={
@@ -70,12 +72,13 @@ def sample_round(cfg: RFTRunConfig, adapter: str, tasks, seed: int) -> tuple[lis
     prompts = [render_prompt(tokenizer, t["task_input"]) for t in tasks]
     with torch.inference_mode():
         greedy = generate_texts(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
-                                batch_size=cfg.sample_batch_size, progress=cfg.progress)
+                                batch_size=cfg.sample_batch_size, progress=cfg.progress,
+                                guided=cfg.guided)
         samples = generate_texts(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens,
                                  batch_size=cfg.sample_batch_size, do_sample=True,
                                  temperature=cfg.temperature, top_p=cfg.top_p,
                                  num_return_sequences=cfg.samples_per_task, seed=seed,
-                                 progress=cfg.progress)
+                                 progress=cfg.progress, guided=cfg.guided)
     del model
     return [g[0] for g in greedy], samples
 

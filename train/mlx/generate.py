@@ -75,8 +75,9 @@ def _pick(logits: mx.array, do_sample: bool, temperature: float, top_p: float) -
 
 def decode_batch(base: MLXBase, rows: list[list[int]], *, max_new_tokens: int, eos_token_id: int,
                  pad_token_id: int, do_sample: bool = False, temperature: float = 1.0,
-                 top_p: float = 1.0) -> list[list[int]]:
-    """New token ids per row (EOS included when emitted); left-padded, finished rows dropped."""
+                 top_p: float = 1.0, guide=None) -> list[list[int]]:
+    """New token ids per row (EOS included when emitted); left-padded, finished rows dropped.
+    `guide` (train.guided.GuidedRows) masks each step's logits to the contract's schema."""
     width = max(len(r) for r in rows)
     padding = [width - len(r) for r in rows]
     ids = mx.array([[pad_token_id] * p + r for p, r in zip(padding, rows)])
@@ -86,9 +87,13 @@ def decode_batch(base: MLXBase, rows: list[list[int]], *, max_new_tokens: int, e
     step_ids = ids
     for step in range(max_new_tokens):
         logits = base.model(step_ids, cache=cache)[:, -1, :].astype(mx.float32)
+        if guide is not None:
+            logits = mx.where(mx.array(guide.allowed(active, logits.shape[-1])), logits, -mx.inf)
         tokens = _pick(logits, do_sample, temperature, top_p)
         mx.eval(tokens)
         picked = tokens.tolist()
+        if guide is not None:
+            guide.advance(active, picked)
         for row, tok in zip(active, picked):
             out[row].append(tok)
         going = [i for i, tok in enumerate(picked) if tok != eos_token_id]
@@ -108,7 +113,8 @@ def generate_texts_mlx(engine: MLXEngineModel, tokenizer, prompts: list[str], *,
                        max_new_tokens: int = 640, batch_size: int = 16, do_sample: bool = False,
                        temperature: float = 1.0, top_p: float = 1.0,
                        num_return_sequences: int = 1, seed: int | None = None,
-                       progress: bool = False) -> list[list[str]]:
+                       progress: bool = False, guided: bool = False,
+                       n_questions: int = 7) -> list[list[str]]:
     """eval.generate.generate_texts for the MLX engine (same arguments, same result shape)."""
     from tqdm.auto import tqdm
 
@@ -120,10 +126,14 @@ def generate_texts_mlx(engine: MLXEngineModel, tokenizer, prompts: list[str], *,
         chunk = prompts[start:start + batch_size]
         encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
         rows = [ids for ids in encoded for _ in range(num_return_sequences)]
+        guide = None
+        if guided:
+            from train.guided import GuidedRows
+            guide = GuidedRows(tokenizer, len(rows), n_questions)
         new = decode_batch(engine.base, rows, max_new_tokens=max_new_tokens,
                            eos_token_id=tokenizer.eos_token_id,
                            pad_token_id=tokenizer.pad_token_id, do_sample=do_sample,
-                           temperature=temperature, top_p=top_p)
+                           temperature=temperature, top_p=top_p, guide=guide)
         texts = [tokenizer.decode(r, skip_special_tokens=True) for r in new]
         for i in range(len(chunk)):
             out.append(texts[i * num_return_sequences:(i + 1) * num_return_sequences])
