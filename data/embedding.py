@@ -107,6 +107,8 @@ class Encoder:
         self.folder = folder
         self.label = label
         self.sha256 = weights_sha256(folder)
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()   # a "Loading weights" bar per load is noise, not progress
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).eval()
         self._cache: dict[str, np.ndarray] = {}

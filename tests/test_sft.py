@@ -150,3 +150,22 @@ def test_saved_adapter_reloads_with_identical_greedy_output(standin_dir, small_d
     base, _, _ = load_with_adapter(str(standin_dir), None)
     plain = generate_answers(base, tok2, inputs, max_new_tokens=120)
     assert [g.text for g in plain] != [g.text for g in after]  # the adapter is really applied
+
+
+def test_a_run_shows_one_bar_with_the_loss_and_no_raw_log_lines(standin_dir, small_data,
+                                                                tmp_path, capfd):
+    """What a newcomer reads while a stage runs: one bar for the stage (steps, ETA, the latest
+    loss as its postfix), no bar per datasets.map, no raw dict lines, no FutureWarning from our
+    own calls; the full log still lands in run.json."""
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run_sft(tiny_sft_config(standin_dir, small_data, tmp_path / "run", max_steps=3,
+                                      logging_steps=1, progress=True, save_strategy="no"))
+    err = capfd.readouterr().err
+    assert "SFT" in err and "loss=" in err and "3/3" in err
+    for noise in ("{'loss'", "Tokenizing", "Truncating", "Building labels", "examples/s"):
+        assert noise not in err, noise
+    ours = [w for w in caught if issubclass(w.category, FutureWarning)]
+    assert not ours, [str(w.message) for w in ours]
+    assert len(json.loads((out / "run.json").read_text())["metrics"]["train_loss"]) == 3

@@ -122,6 +122,58 @@ def trainer_args_kwargs(cfg: TrainingFields, out: Path, has_val: bool, device: s
         **trainer_precision_kwargs(device, precision))
 
 
+def quiet_datasets() -> None:
+    """No progress bar per datasets.map (TRL tokenises, labels, truncates and filters with four
+    of them per split); the stage's own bar is the one a user watches. Also silences the one
+    FutureWarning PEFT's own wrapping raises on every run (see train.models.peft_quietly)."""
+    import warnings
+
+    import datasets
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning,
+                            message=r"`is_gradient_checkpointing` is deprecated")
+
+
+def one_progress_bar(trainer, desc: str) -> None:
+    """Replace the Trainer's bar (which prints every log dict as a raw line and opens a second
+    bar per evaluation) with one bar per stage: steps, ETA, and the latest loss, eval loss or
+    reward as its postfix. The full log stays in trainer.state.log_history (run.json)."""
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback, TrainerCallback
+
+    if not any(isinstance(c, ProgressCallback) for c in trainer.callback_handler.callbacks):
+        return      # progress: false (disable_tqdm)
+
+    class StageBar(TrainerCallback):
+        bar = None
+        shown: dict = {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc,
+                                dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is None or not logs:
+                return
+            for key in ("loss", "eval_loss", "reward"):
+                if isinstance(logs.get(key), (int, float)):
+                    self.shown[key] = f"{logs[key]:.4g}"
+            self.bar.set_postfix(self.shown, refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(StageBar())
+
+
 def warn_ruler_leaks(data: dict) -> None:
     """Training goes on (the user may be testing the guard), but the run carries the evidence
     and eval logs every score of the adapter as invalid."""

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from data.appendlog import write_json_atomically
 from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, lora_config,
-                          new_run_id, resolve_runtime, run_record, stage_main,
-                          trainer_args_kwargs, warn_ruler_leaks)
+                          new_run_id, one_progress_bar, quiet_datasets, resolve_runtime,
+                          run_record, stage_main, trainer_args_kwargs, warn_ruler_leaks)
 from train.preference import (attach_adapter_init, load_pair_datasets, mean_or_none,
                               orpo_metrics, plot_orpo_curves, preference_margins)
 from train.sft import data_record
@@ -91,6 +91,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
+    quiet_datasets()
     train_ds, val_ds = load_pair_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision, kv_quant=cfg.kv_quant)
@@ -112,6 +113,7 @@ def run_orpo(cfg: ORPORunConfig, callbacks: list | None = None) -> Path:
         model=model, args=args, train_dataset=train_ds,
         eval_dataset=val_ds if has_val else None, processing_class=tokenizer,
         peft_config=None if cfg.adapter_init else lora_config(cfg), callbacks=callbacks)
+    one_progress_bar(trainer, "ORPO")
     t0 = time.time()
     trainer.train(resume_from_checkpoint=resume)
     final_eval = {}

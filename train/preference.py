@@ -147,7 +147,9 @@ def attach_adapter_init(cfg, model, base_info: dict):
     from peft import PeftModel
 
     run = adapter_init_run(cfg, base_info)
-    model = PeftModel.from_pretrained(model, str(cfg.adapter_init), is_trainable=True)
+    from train.models import peft_quietly
+    with peft_quietly():
+        model = PeftModel.from_pretrained(model, str(cfg.adapter_init), is_trainable=True)
     peft_cfg = model.peft_config["default"]
     adopt_adapter_shape(cfg, peft_cfg.r, peft_cfg.lora_alpha, peft_cfg.lora_dropout,
                         peft_cfg.target_modules)

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from data.appendlog import write_json_atomically
 from train.common import (TrainingFields, checkpoint_to_resume, lora_config, new_run_id,
-                          plot_curves, resolve_runtime, run_record, stage_main,
-                          trainer_args_kwargs, warn_ruler_leaks)
+                          one_progress_bar, plot_curves, quiet_datasets, resolve_runtime,
+                          run_record, stage_main, trainer_args_kwargs, warn_ruler_leaks)
 from train.config import ConfigError
 from train.preference import (attach_adapter_init, load_pair_datasets, mean_or_none,
                               preference_margins)
@@ -122,8 +122,11 @@ def make_trainer(cfg: PrefsRunConfig, model, tokenizer, train_ds, val_ds, common
         cls = KTOTrainer
         train_ds = unpaired(train_ds)
         val_ds = unpaired(val_ds) if val_ds is not None else None
-    return cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-               processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    quiet_datasets()
+    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                  processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    one_progress_bar(trainer, cfg.method.upper())
+    return trainer
 
 
 def run_prefs(cfg: PrefsRunConfig, callbacks: list | None = None) -> Path:

@@ -16,8 +16,9 @@ from typing import Literal
 
 from data.appendlog import write_json_atomically
 from train.common import (BackendFields, TrainingFields, checkpoint_to_resume, lora_config,
-                          new_run_id, plot_curves, resolve_runtime, run_record, stage_main,
-                          trainer_args_kwargs, warn_ruler_leaks)
+                          new_run_id, one_progress_bar, plot_curves, quiet_datasets,
+                          resolve_runtime, run_record, stage_main, trainer_args_kwargs,
+                          warn_ruler_leaks)
 from train.config import ConfigError
 # Re-exported: the data helpers live in train.inputs, which both backends share.
 from train.inputs import (data_record, field_map_of, load_sft_datasets,  # noqa: F401
@@ -53,6 +54,7 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     device, precision = resolve_runtime(cfg.device, cfg.precision)
     resume = checkpoint_to_resume(out, cfg.resume_from_checkpoint)
     transformers.set_seed(cfg.seed)
+    quiet_datasets()
     train_ds, val_ds, rows = load_sft_datasets(cfg)
     model, tokenizer, base_info = load_base(cfg.model_name_or_path, revision=cfg.model_revision,
                                             precision=precision, kv_quant=cfg.kv_quant)
@@ -70,6 +72,7 @@ def build_trainer(cfg: SFTRunConfig, callbacks: list | None = None):
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
                          eval_dataset=val_ds if has_val else None, processing_class=tokenizer,
                          peft_config=lora_config(cfg), callbacks=callbacks)
+    one_progress_bar(trainer, "SFT")
     base_info = dict(base_info, device=device, precision=precision)
     return trainer, tokenizer, base_info, data, resume
 
