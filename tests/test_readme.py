@@ -89,6 +89,13 @@ PLAN: dict[str, Step] = {
     "python -m data.sft": Step("run"),
     "python -m data.sft --gold runs/data/gold.jsonl --out runs/data/sft": Step("run"),
     "python -m train.standin": Step("run"),
+    "python -m train.standin --base smollm2-135m": Step("run", timeout=900),
+    "python -m recipes.quickstart --base smollm2-135m": Step(
+        "elsewhere", note="tens of minutes on 2 CPU cores; tests/test_smollm2.py runs each of "
+                          "its stages on SmolLM2 and test_quickstart_demo the recipe on the toy"),
+    "python -m train.sft --config configs/smollm2-sft.yaml": Step(
+        "run", ["--max_steps", "1", "--per_device_train_batch_size", "1", "--val_file", "null",
+                "--progress", "false"], timeout=600),
     "python -m train.sft --config configs/tiny-sft.yaml": Step("run", ["--max_steps", "6"]),
     "python -m train.sft --config configs/sft.yaml": Step("run", SFT_SHRINK, "3B -> stand-in"),
     "python -m train.sft --config configs/sft.yaml --learning_rate 1e-4 --resume_from_checkpoint "
@@ -126,6 +133,9 @@ PLAN: dict[str, Step] = {
     "python -m eval.log show 3 --cases": Step("run"),
     'python -m eval.log invalidate 3 --reason "trained on a leaked ruler task"': Step("run"),
     "python -m eval.dashboard --out runs/dashboard.html": Step("run"),
+    "python -m eval.run --base smollm2-135m --adapter runs/sft-smollm2 --guided --label "
+    'smol-sft-guided --note "guided decoding: the schema holds it to exactly 7 questions"':
+        Step("run", ["--max-new-tokens", "48"], timeout=600),
     "python -m export.fmadapter --adapter runs/sft-afm --name discovery_planner --out dist/":
         Step("run", note="runs/sft-afm is a synthetic AFM-shaped adapter"),
     "python -m export.fmadapter --adapter runs/sft-tiny --name tiny_conformance --out dist/ "
@@ -181,6 +191,9 @@ def _sandbox(root: Path, standin: Path) -> Path:
             shutil.copy2(src, work / f)
     (work / ".cache" / "standin").mkdir(parents=True)
     os.symlink(standin, work / ".cache" / "standin" / standin.name)
+    for shared in ("bases", "wheels"):        # the fetched SmolLM2 base: fetched once, shared
+        (REPO / ".cache" / shared).mkdir(parents=True, exist_ok=True)
+        os.symlink(REPO / ".cache" / shared, work / ".cache" / shared)
     return work
 
 
