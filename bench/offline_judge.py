@@ -22,9 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.contract import Question  # noqa: E402
 from data.corpus import ruler_cases  # noqa: E402
-from eval.calibration_set import reword  # noqa: E402
-from eval.judges import JudgeItem  # noqa: E402
-from eval.judges.offline import OfflineJudge  # noqa: E402
+from judge.calibration_set import reword  # noqa: E402
+from judge.judges import JudgeItem  # noqa: E402
+from judge.judges.offline import OfflineJudge  # noqa: E402
 
 
 def items():

@@ -45,7 +45,7 @@ from data.contract import ContractError, FieldMapError, parse_field_map
 from eval.adapter_check import adapter_hash, leak_reason
 from eval.experiment import case_entries, log_experiment
 from eval.log import DEFAULT_DB
-from eval.metric import render_comparison, render_scorecard, scorecard
+from judge.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
 from eval.ruler import RulerError, load_ruler
 from eval.run_prompt import RunPrompt, prompt_of_run, run_prompt
@@ -65,7 +65,7 @@ def judge_identity(judge, swap: bool, samples: int) -> str:
 
 def build_judge(name: str, *, swap: bool = False, samples: int = 1, options: dict | None = None,
                 progress: bool = True):
-    from eval.judges import get_judge
+    from judge.judges import get_judge
     options = dict(options or {})
     if name == "offline":
         if swap or samples != 1:
@@ -112,7 +112,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     """
     from rich.console import Console
 
-    from eval.judge import judge_candidates
+    from judge.cli import judge_candidates
     from train.models import load_with_adapter, pick_device
     console = console or Console(quiet=quiet)
     if engine not in ENGINES:
@@ -198,7 +198,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
                                  ).hexdigest()
     entries = case_entries(cases, gens, records)
     out.mkdir(parents=True, exist_ok=True)
-    from eval.records import write_records
+    from judge.records import write_records
     write_records(out / "records.jsonl", records)
     write_text_atomically(out / "cases.json", json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
     write_text_atomically(out / "scorecard.json", json.dumps(card.to_dict(), indent=2) + "\n")
@@ -233,8 +233,8 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
 
 
 def _print_summary(console, card, judge: str, s: dict) -> None:
-    from eval.judges.offline import PROXY_NOTICE
-    from eval.metric import PairedComparison
+    from judge.judges.offline import PROXY_NOTICE
+    from judge.metric import PairedComparison
     render_scorecard(card, console, notice=PROXY_NOTICE if judge == "offline" else None)
     best = s["best_before"]
     if best is None:

@@ -25,8 +25,8 @@ from scipy.stats import spearmanr
 
 from data.cli_types import COUNT
 from data.contract import RUBRIC_DIMENSIONS
-from eval.records import JudgedRecord, RecordError, read_records
-from eval.verdict import GOLD_BETTER, Verdict, case_quality
+from judge.records import JudgedRecord, RecordError, read_records
+from judge.verdict import GOLD_BETTER, Verdict, case_quality
 from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, features_matrix,
                            fit_model, targets, trainable, verdicts_from)
@@ -102,8 +102,8 @@ def judged_indices(records: list[JudgedRecord]) -> list[int]:
 
 
 def offline_verdicts(records, idx, backend: str) -> dict[int, Verdict]:
-    from eval.judges import JudgeItem
-    from eval.judges.offline import OfflineJudge
+    from judge.judges import JudgeItem
+    from judge.judges.offline import OfflineJudge
     judge = OfflineJudge(backend=backend)
     out = judge.judge_many([JudgeItem(records[i].input, records[i].gold, records[i].candidate)
                             for i in idx])
@@ -137,7 +137,7 @@ def evaluate(records: list[JudgedRecord], variants=tuple(VARIANTS), full: int = 
                                 " no error) to evaluate on")
     results = [agreement(b, records, offline_verdicts(records, idx, b), full) for b in baselines]
     if variants:
-        from eval.judges.offline_features import EmbeddingSimilarity
+        from judge.judges.offline_features import EmbeddingSimilarity
         x, names = features_matrix(((records[i].input, records[i].gold, records[i].candidate)
                                     for i in idx), EmbeddingSimilarity(), GROUPS)
         for v in variants:

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from data.contract import DiscoveryResult
-from eval.judges.offline_features import extract_features, texts_to_embed
+from judge.judges.offline_features import extract_features, texts_to_embed
 
 GROUPS = ("embed", "offline", "text", "judges")
 DEFAULT_GROUPS = ("embed", "offline", "text")
@@ -120,7 +120,7 @@ def text_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
 def offline_judges() -> dict:
     """The lexical and embedding offline judges (built-in weights), built once per process."""
     if not _JUDGES:
-        from eval.judges.offline import OfflineJudge
+        from judge.judges.offline import OfflineJudge
         for backend in ("lexical", "embedding"):
             _JUDGES[backend] = OfflineJudge(backend=backend)
     return _JUDGES
@@ -128,7 +128,7 @@ def offline_judges() -> dict:
 
 def judge_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
                    ) -> dict[str, float]:
-    from eval.judges import JudgeItem
+    from judge.judges import JudgeItem
     out = {}
     for backend, judge in offline_judges().items():
         v = judge.judge_one(JudgeItem(task_input, gold, cand))

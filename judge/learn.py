@@ -15,14 +15,14 @@ import argparse
 import sys
 
 from data.cli_types import POSITIVE
-from eval.records import RecordError, read_records
+from judge.records import RecordError, read_records
 from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, save, train,
                            trainable)
 
 
 def similarity(backend: str):
-    from eval.judges.offline_features import EmbeddingSimilarity, LexicalSimilarity
+    from judge.judges.offline_features import EmbeddingSimilarity, LexicalSimilarity
     return EmbeddingSimilarity() if backend == "embedding" else LexicalSimilarity()
 
 

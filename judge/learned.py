@@ -26,9 +26,9 @@ from scipy.optimize import minimize
 
 from data.contract import RUBRIC_DIMENSIONS
 from data.contract.inputs import InputError, read_json
-from eval.judges import JudgeItem
-from eval.records import JudgedRecord
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
+from judge.judges import JudgeItem
+from judge.records import JudgedRecord
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
 from judge.features import DEFAULT_GROUPS, case_features, offline_judges, prefetch
 
 FORMAT = "fmdistill-learned-judge/1"
@@ -236,7 +236,7 @@ class LearnedJudge:
     def __init__(self, folder, sim=None):
         self.model, self.config = load(folder)
         if sim is None:
-            from eval.judges.offline_features import EmbeddingSimilarity
+            from judge.judges.offline_features import EmbeddingSimilarity
             sim = EmbeddingSimilarity()
         if sim.identity != self.config["similarity"]:
             raise LearnedJudgeError(

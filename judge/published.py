@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from data.contract import ContractError, DiscoveryResult
-from eval.records import JudgedRecord, RecordError, record_from_dict, write_records
+from judge.records import JudgedRecord, RecordError, record_from_dict, write_records
 
 
 class PublishedError(RecordError):

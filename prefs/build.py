@@ -127,7 +127,7 @@ def build_prefs(gold_paths: list[Path], out_dir: Path, judge, *, options: PrefsO
 
 def build_judge_from_args(args):
     """Reuse eval.judge's option handling (the anthropic judge shares its verdict cache)."""
-    from eval.judge import build_judge
+    from judge.cli import build_judge
     ns = argparse.Namespace(judge=args.judge, swap=args.judge_swap, samples=args.judge_samples,
                             weights=args.judge_weights, embedding_model=args.embedding_model,
                             offline_backend=args.offline_backend,

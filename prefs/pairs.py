@@ -15,8 +15,8 @@ from data.contract import (PROMPT_HASH, RUBRIC_DIMENSIONS, Case, DiscoveryResult
 from data.leak import normalize_input
 from data.negatives import KINDS as SYNTHETIC_KINDS
 from data.negatives import make_negatives
-from eval.judges import JudgeItem
-from eval.verdict import case_quality
+from judge.judges import JudgeItem
+from judge.verdict import case_quality
 
 GOLD, ON_POLICY = "gold", "on-policy"
 REJECTION_KINDS = (*SYNTHETIC_KINDS, ON_POLICY)

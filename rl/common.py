@@ -68,7 +68,7 @@ def build_judge(cfg):
     """The judge through eval.judge's own option handling (shared verdict cache and defaults)."""
     import argparse
 
-    from eval.judge import build_judge as build_eval_judge
+    from judge.cli import build_judge as build_eval_judge
     ns = argparse.Namespace(judge=cfg.judge, swap=False, samples=1, weights=cfg.judge_weights,
                             embedding_model=None, offline_backend=None,
                             model=cfg.judge_model if cfg.judge == "anthropic" else None,

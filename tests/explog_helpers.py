@@ -6,10 +6,10 @@ eval.experiment.log_experiment — the same path `python -m eval.run` takes afte
 from __future__ import annotations
 
 from data.contract import RUBRIC_DIMENSIONS
-from eval.metric import scorecard
-from eval.records import JudgedRecord
+from judge.metric import scorecard
+from judge.records import JudgedRecord
 from eval.experiment import log_experiment
-from eval.verdict import Verdict
+from judge.verdict import Verdict
 
 PAIRWISE_CYCLE = ("gold", "tie", "candidate")
 

@@ -10,10 +10,10 @@ import pytest
 from scipy.stats import spearmanr
 
 from data.contract import DiscoveryResult, Question
-from eval.judges import JudgeItem
-from eval.judges.offline_features import LexicalSimilarity
-from eval.records import JudgedRecord, read_records, write_records
-from eval.verdict import GOLD_BETTER, TIE, Verdict
+from judge.judges import JudgeItem
+from judge.judges.offline_features import LexicalSimilarity
+from judge.records import JudgedRecord, read_records, write_records
+from judge.verdict import GOLD_BETTER, TIE, Verdict
 from judge.evaluate import agreement, leave_one_experiment_out
 from judge.learn import main as learn_main
 from judge.learned import LearnedJudge, LearnedJudgeError, load, save, train

@@ -207,7 +207,7 @@ class EmbeddingSimilarity:
     atomic_threshold = 0.45   # two parts of one title this dissimilar are two different asks
 
     def __init__(self, folder=None):
-        from eval.judges.embedding import load_encoder
+        from judge.judges.embedding import load_encoder
         self.encoder = load_encoder(folder)
         self.weights_sha256 = self.encoder.sha256
         self.identity = f"embedding:{self.encoder.label}:{self.weights_sha256}"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from data.contract import ContractError, DiscoveryResult, RUBRIC_DIMENSIONS, read_jsonl
-from eval.verdict import Verdict, normalize_pairwise
+from judge.verdict import Verdict, normalize_pairwise
 
 # Either key style for rubric dimensions too.
 _RUBRIC_ALIASES = {"nonRedundancy": ("nonRedundancy", "non_redundancy")}

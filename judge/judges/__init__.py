@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from data.contract import DiscoveryResult
-from eval.verdict import Verdict
+from judge.verdict import Verdict
 
 JUDGE_NAMES = ("offline", "anthropic")
 
@@ -32,9 +32,9 @@ class Judge(Protocol):
 
 def get_judge(name: str, **options) -> Judge:
     if name == "offline":
-        from eval.judges.offline import OfflineJudge
+        from judge.judges.offline import OfflineJudge
         return OfflineJudge(**options)
     if name == "anthropic":
-        from eval.judges.anthropic import AnthropicJudge
+        from judge.judges.anthropic import AnthropicJudge
         return AnthropicJudge(**options)
     raise ValueError(f"unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}")

@@ -111,7 +111,7 @@ def cluster_domain(titles: list[str], task_ids: list[str], vecs: np.ndarray,
 def build_inventory(encoder=None) -> dict:
     """The inventory as a JSON-ready dict (see the module docstring)."""
     from data.corpus import pool_tasks, reference_cases
-    from eval.judges.embedding import load_encoder
+    from judge.judges.embedding import load_encoder
     enc = encoder or load_encoder()
     by_domain: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for case in reference_cases():

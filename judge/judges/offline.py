@@ -43,10 +43,10 @@ from pathlib import Path
 
 from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
 from data.contract.inputs import InputError, read_json
-from eval.judges import JudgeItem
-from eval.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
+from judge.judges import JudgeItem
+from judge.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
                                           LexicalSimilarity, extract_features, texts_to_embed)
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
 
 WEIGHTS_FORMAT = "fmdistill-offline-judge-weights/1"
 PROXY_NOTICE = ("offline judge: a deterministic proxy of the Sonnet judge; its numbers are NOT "
@@ -215,7 +215,7 @@ class OfflineJudge:
         explicit = backend is not None or bool(embedding_model)
         backend = "embedding" if embedding_model else (backend or default_backend())
         if backend == "embedding":
-            from eval.judges.embedding import EmbeddingUnavailable
+            from judge.judges.embedding import EmbeddingUnavailable
             try:
                 self.sim = EmbeddingSimilarity(embedding_model)
             except EmbeddingUnavailable as e:
@@ -238,7 +238,7 @@ class OfflineJudge:
         # Domain slots only when they count: the lexical defaults give them weight 0.
         self.slots = None
         if self.weights["dimensions"]["coverage"]["weights"].get("slot_coverage", 0.0):
-            from eval.judges.slots import default_inventory
+            from judge.judges.slots import default_inventory
             self.slots = default_inventory()
         identity = self.sim.identity
         if self.slots is not None:   # the inventory decides slot_coverage: part of the identity

@@ -33,13 +33,13 @@ from pathlib import Path
 from data.cli_types import COUNT
 from data.contract import ContractError, DiscoveryResult, parse_assistant, parse_field_map, \
     read_jsonl, spec_violations
-from eval.coverage import (Coverage, Entry, add_refusal_flags, check_entries,
+from judge.coverage import (Coverage, Entry, add_refusal_flags, check_entries,
                            refusal_message)
-from eval.judges import JUDGE_NAMES, JudgeItem, get_judge
-from eval.metric import render_scorecard, scorecard
-from eval.records import JudgedRecord, write_records
+from judge.judges import JUDGE_NAMES, JudgeItem, get_judge
+from judge.metric import render_scorecard, scorecard
+from judge.records import JudgedRecord, write_records
 from eval.ruler import RulerError, load_ruler
-from eval.verdict import Verdict
+from judge.verdict import Verdict
 
 
 def read_candidates(path, cases, ruler: dict, field_map: dict | None = None
@@ -174,7 +174,7 @@ def export_main(argv) -> int:
     if not Path(args.cache).is_file():
         print(f"error: {args.cache}: no such cache file", file=sys.stderr)
         return 2
-    from eval.judges.anthropic import export_records   # lazy: needs the anthropic SDK
+    from judge.judges.anthropic import export_records   # lazy: needs the anthropic SDK
     n = export_records(args.cache, args.out)
     print(f"wrote {n if n is not None else 'the'} judged record(s) to {args.out}")
     return 0
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
                      judge=judge.name, ruler=ruler)
     notice = None
     if args.judge == "offline" or args.judge.startswith(LEARNED_PREFIX):
-        from eval.judges.offline import PROXY_NOTICE
+        from judge.judges.offline import PROXY_NOTICE
         notice = PROXY_NOTICE
     render_scorecard(card, notice=notice)
     if args.out:

@@ -27,8 +27,8 @@ import numpy as np
 
 from data.contract import RUBRIC_DIMENSIONS
 from data.leak import normalize_input
-from eval.records import JudgedRecord
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, case_quality
+from judge.records import JudgedRecord
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, case_quality
 
 N_BOOT = 10_000
 SEED = 0

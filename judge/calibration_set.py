@@ -31,8 +31,8 @@ from data.contract import Question, spec_violations
 from data.corpus import reference_cases, ruler_inputs
 from data.leak import LeakGuard
 from data.negatives import GENERIC_QUESTIONS, compound, paraphrase
-from eval.records import JudgedRecord
-from eval.verdict import GOLD_BETTER, TIE, Verdict
+from judge.records import JudgedRecord
+from judge.verdict import GOLD_BETTER, TIE, Verdict
 
 PREFIX = "calset:"
 LEVELS = {"paraphrase": 4, "duplicated": 3, "compound": 3, "truncated": 2, "shuffled": 1,

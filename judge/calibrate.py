@@ -48,12 +48,12 @@ import numpy as np
 from data.cli_types import COUNT, FRACTION, number
 from data.contract import RUBRIC_DIMENSIONS
 from data.leak import normalize_input
-from eval.judges.offline import (BACKENDS, DEFAULT_WEIGHTS, OfflineJudge, default_weights,
+from judge.judges.offline import (BACKENDS, DEFAULT_WEIGHTS, OfflineJudge, default_weights,
                                  pairwise_decision, pairwise_margin, predict_scores,
                                  validate_weights)
-from eval.judges.offline_features import FEATURES
-from eval.records import JudgedRecord, RecordError, read_records, write_records
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, PAIRWISE_VALUE, Verdict, case_quality
+from judge.judges.offline_features import FEATURES
+from judge.records import JudgedRecord, RecordError, read_records, write_records
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, PAIRWISE_VALUE, Verdict, case_quality
 
 PAIRWISE_SIGN = {GOLD_BETTER: -1.0, "tie": 0.0, CANDIDATE_BETTER: 1.0}
 MAX_CUTS = 400   # the center/tie-band search tries at most this many cut points per side
@@ -180,7 +180,7 @@ def agreement(examples: list[Example], weights: dict) -> dict:
     mae = {d: float(np.mean([abs(p.rubric[d] - e.record.verdict.rubric[d])
                              for p, e in zip(preds, examples)])) for d in RUBRIC_DIMENSIONS}
     # Only the project's own calibration set knows each candidate's rank level.
-    from eval.calibration_set import ordering_accuracy
+    from judge.calibration_set import ordering_accuracy
     order = ordering_accuracy([e.record for e in examples], pred_q)
     return {"n": len(examples), "spearman_quality": rho, "pairwise_accuracy": acc, "mae": mae,
             "ordering_accuracy": order,
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
         if args.verdicts:
             records = read_records(args.verdicts)
         else:
-            from eval.calibration_set import build_calibration_set
+            from judge.calibration_set import build_calibration_set
             records = build_calibration_set(per_domain=args.per_domain, seed=args.seed)
             if args.write_set:
                 write_records(args.write_set, records)
