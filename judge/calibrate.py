@@ -5,19 +5,19 @@
                            [--per-domain 2] [--write-set FILE] [--embedding-model DIR]
   python -m eval.calibrate --split experiment --verdicts FILE [--plot PNG] [--report-json FILE]
 
-Without --verdicts it uses the project's own calibration set (eval.calibration_set: 252
+Without --verdicts it uses the project's own calibration set (judge.calibration_set: 252
 candidates from the bundled references, paraphrased gold down to off-topic, each with an
 expected verdict and rank level) and reports lexical and embedding side by side; the report
 then adds the rank-level ordering accuracy. --out needs a single backend.
 
-FILE holds judged records (eval.records format; `python -m eval.judge export-records` writes the
+FILE holds judged records (judge.records format; `python -m eval.judge export-records` writes the
 anthropic judge's cache in it). Records with a verdict, a gold and a candidate and no error are
 used; the others are counted and skipped. Records are split by task input (all records of one
 input fall on the same side) into a training part and a held-out part (--holdout, by --seed).
 
 On the training part:
 - each rubric dimension gets a ridge-regularised linear map from its features to the judge's
-  1..5 score (eval.judges.offline_features.FEATURES lists the features);
+  1..5 score (judge.judges.offline_features.FEATURES lists the features);
 - the pairwise combination gets non-negative weights on the five (candidate - gold) score
   differences (least squares on -1/0/+1 = gold/tie/candidate, normalised to sum 1), then the
   center and tie band that maximise pairwise accuracy.
@@ -284,7 +284,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--verdicts", default=None,
                    help="judged records with real-judge verdicts (default: the project's own "
-                        "calibration set, eval.calibration_set)")
+                        "calibration set, judge.calibration_set)")
     p.add_argument("--out", default=None, help="write the fitted weights here (JSON)")
     p.add_argument("--holdout", type=FRACTION, default=0.3, help="share of inputs held out (0.3)")
     p.add_argument("--seed", type=int, default=0, help="split seed (0)")
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
     except (RecordError, CalibrationError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    source = args.verdicts or f"calibration set (eval.calibration_set, {len(records)} triples)"
+    source = args.verdicts or f"calibration set (judge.calibration_set, {len(records)} triples)"
     for weights, report in results.values():
         render_report(report)
         report["source"] = str(source)

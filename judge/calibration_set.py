@@ -15,7 +15,7 @@ leak guard) it derives seven candidates, from gold-level to clearly bad:
 | generic     | 0     | seven generic filler questions                                |
 | off_topic   | 0     | the gold of a task from another domain                        |
 
-Each triple carries an expected verdict in the judged-records format (eval.records): a 1..5
+Each triple carries an expected verdict in the judged-records format (judge.records): a 1..5
 rubric per dimension chosen so that case quality falls with the level, and the pairwise verdict
 (tie for the paraphrase, gold better for the rest). `python -m eval.calibrate` fits on part of
 it and reports agreement on the rest, plus the share of same-task pairs of different levels that

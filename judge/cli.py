@@ -1,27 +1,12 @@
-"""Judge a file of candidate answers against the frozen ruler and print the scorecard.
+"""The judge command's working parts, without the ruler: read a candidates file against given
+cases, build the chosen judge from the command-line options, gate and judge every case into
+judged records, and print the scorecard.
 
-  python -m eval.judge --candidates FILE --judge offline|anthropic|learned:DIR [--swap]
-                       [--samples K]
-                       [--out RECORDS] [--weights W] [--experiment NAME]
-  python -m eval.judge export-records --cache PATH --out FILE
-
-The candidates file is JSONL, one line per ruler case: {"id" or "input", "candidate": contract
-object (either key style) or the model's raw text} or {"id" or "input", "error": "..."} for a case
-whose generation failed. Every line is gated by the spec gate (a failure scores 0 and its
-violations are kept); the passing ones are judged; the judged records are written with --out
-(the format eval.score and eval.calibrate read) and the scorecard is printed. The ruler is
-verified first: nothing is scored on a ruler that does not match its manifest. A line that
-repeats a case, names no ruler case, or is stamped ("ruler": {"version", "hash"}) with another
-ruler's hash is refused (exit 1, all of them named by file:line) unless --allow-duplicates (the
-first line of each case is judged), --allow-unknown (such lines are skipped) or
---allow-other-ruler.
-
-`offline` is a deterministic proxy (no network) whose numbers are not comparable with published
-ones; its similarity backend is sentence embeddings (bundled all-MiniLM-L6-v2) unless
-`--offline-backend lexical`, and its name (offline@<hash>:<backend>) says which; `anthropic` is the Sonnet judge of the reference (ANTHROPIC_API_KEY from the environment).
-`learned:DIR` is the learned offline judge fitted by `python -m judge.learn --out DIR` (judge/);
-its name is learned@<hash of weights and training data>.
-`export-records` turns the anthropic judge's verdict cache into judged records (for calibration).
+`python -m eval.judge` (eval/judge.py) is the command: it verifies and loads the frozen ruler
+(eval.ruler, part of the research loop above this package) and hands the cases here. prefs.build,
+rl and eval.run build their judges with `build_judge` and judge with `judge_candidates`.
+`export-records` (the anthropic judge's verdict cache as judged records) needs no ruler and lives
+here too.
 """
 from __future__ import annotations
 
@@ -38,7 +23,6 @@ from judge.coverage import (Coverage, Entry, add_refusal_flags, check_entries,
 from judge.judges import JUDGE_NAMES, JudgeItem, get_judge
 from judge.metric import render_scorecard, scorecard
 from judge.records import JudgedRecord, write_records
-from eval.ruler import RulerError, load_ruler
 from judge.verdict import Verdict
 
 
@@ -46,7 +30,7 @@ def read_candidates(path, cases, ruler: dict, field_map: dict | None = None
                     ) -> tuple[dict[str, tuple[DiscoveryResult | None, str | None]], Coverage]:
     """(ruler case id -> (candidate, generation error), coverage). Malformed lines raise
     ContractError naming file:line:key; repeated, unknown and other-ruler lines are listed in the
-    coverage (eval.coverage) for the caller to refuse or allow; only the first line of each
+    coverage (judge.coverage) for the caller to refuse or allow; only the first line of each
     known case is read. A candidate's keys may be any known spelling (data.contract.keys) or
     `field_map`'s."""
     rows = []
@@ -180,11 +164,10 @@ def export_main(argv) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["export-records"]:
-        return export_main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m eval.judge", description=__doc__,
+def build_parser(prog: str = "python -m eval.judge", description: str | None = None
+                 ) -> argparse.ArgumentParser:
+    """The judge command's options (all but the ruler folder, which the caller adds)."""
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", required=True, help="JSONL, one candidate per ruler case")
     p.add_argument("--judge", type=judge_choice, default="offline",
@@ -207,19 +190,16 @@ def main(argv=None) -> int:
     p.add_argument("--scorecard-json", default=None, help="also write the scorecard as JSON")
     p.add_argument("--allow-missing", action="store_true",
                    help="score ruler cases missing from the file as errors instead of refusing")
-    p.add_argument("--ruler-dir", default=None, help="ruler folder (default: eval/ruler)")
     add_refusal_flags(p, "judge", "skip")
     p.add_argument("--field-map", default=None, metavar="CANONICAL=THEIRS,...",
                    help="candidate key names beyond the known aliases (taskTitle|title, ...)")
-    args = p.parse_args(argv)
-    if args.samples < 1:
-        p.error("--samples must be at least 1")
-    try:
-        cases, info = load_ruler(verify=True, ruler_dir=args.ruler_dir)
-    except RulerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    ruler = {"version": info.version, "hash": info.hash}
+    return p
+
+
+def judge_file(args, cases, ruler: dict) -> int:
+    """Read, gate, judge and score args.candidates against `cases` (the verified ruler's, stamped
+    `ruler` = {"version", "hash"}); print the scorecard. Exit code: 0, 1 (refused lines or judge
+    errors) or 2 (bad input or options)."""
     try:
         candidates, cov = read_candidates(args.candidates, cases, ruler,
                                           parse_field_map(args.field_map))
@@ -255,7 +235,3 @@ def main(argv=None) -> int:
     if args.scorecard_json:
         Path(args.scorecard_json).write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return 1 if card.n_judge_errors else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

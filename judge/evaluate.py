@@ -6,7 +6,7 @@
 For each experiment in turn, the learned judge is fitted on every other experiment's records and
 predicts this one's; the hand-written offline judges (lexical, embedding; built-in weights) need
 no fitting. Reported per judge:
-- experiment Spearman: mean case quality per experiment (eval.verdict.case_quality: 0 for an
+- experiment Spearman: mean case quality per experiment (judge.verdict.case_quality: 0 for an
   error or a failed spec gate), offline vs real, over the experiments with all --full (30) cases;
 - case Spearman: case quality over the judged cases (spec passed, no error);
 - pairwise accuracy, beside the "gold is always better" rate;

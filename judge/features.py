@@ -5,7 +5,7 @@ Three groups, each a named vector so a fitted model records exactly what it was 
 - "embed": all-MiniLM-L6-v2 cosine statistics of candidate vs gold question titles (best match
   in both directions, one-to-one matched mean, coverage of gold asks at three thresholds), the
   candidate's own redundancy next to the gold's, closeness to the task input, task-title match;
-- "offline": the hand-written offline judge's features (eval.judges.offline_features) of the
+- "offline": the hand-written offline judge's features (judge.judges.offline_features) of the
   candidate, and the candidate-minus-gold difference of each (the gold is the yardstick);
 - "text": plain text statistics (lengths, empty descriptions, third-person wording, ...);
 - "judges": the two hand-written offline judges' own outputs (lexical and embedding backends,

@@ -4,7 +4,7 @@
                           [--groups embed,offline,text[,judges]] [--alpha 30] [--c 0.05]
                           [--backend embedding|lexical]
 
-FILE: eval.records JSONL (e.g. written by python -m judge.published). Records with a verdict,
+FILE: judge.records JSONL (e.g. written by python -m judge.published). Records with a verdict,
 a gold and a candidate and no error are learned from; the others are counted and skipped. A
 malformed record stops the run with file:line and key (exit 2). DIR receives weights.safetensors,
 config.json and manifest.json (judge.learned); load it with --judge learned:DIR.

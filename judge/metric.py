@@ -1,6 +1,6 @@
 """The reference metric and its scorecard, plus the paired test for comparing two runs.
 
-case quality (eval.verdict.case_quality) = 0 if the spec gate failed or the case errored, else
+case quality (judge.verdict.case_quality) = 0 if the spec gate failed or the case errored, else
 0.5 * (rubric mean - 1) / 4 + 0.5 * pairwise (0 gold better / 0.5 tie / 1 candidate better).
 
 Scorecard of a set of cases (one per ruler case):

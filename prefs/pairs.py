@@ -29,7 +29,7 @@ class Candidate:
     note: str = ""                   # what makes it differ from the gold (negatives), if known
     provenance: dict = field(default_factory=dict)
     spec: list[str] = field(default_factory=list)   # spec-gate violations (empty = passed)
-    verdict: object = None           # eval.verdict.Verdict once judged
+    verdict: object = None           # judge.verdict.Verdict once judged
     error: str | None = None         # the judge failed on it: it takes no part in pairs
 
     @property

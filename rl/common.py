@@ -65,7 +65,7 @@ def load_tasks(cfg):
 
 
 def build_judge(cfg):
-    """The judge through eval.judge's own option handling (shared verdict cache and defaults)."""
+    """The judge through judge.cli's option handling (shared verdict cache and defaults)."""
     import argparse
 
     from judge.cli import build_judge as build_eval_judge

@@ -1,6 +1,6 @@
 """Synthetic scored experiments for the experiment-log and dashboard tests (no model needed).
 
-Records are real JudgedRecords on the real ruler cases, scored by eval.metric and appended by
+Records are real JudgedRecords on the real ruler cases, scored by judge.metric and appended by
 eval.experiment.log_experiment — the same path `python -m eval.run` takes after generation.
 """
 from __future__ import annotations

@@ -22,8 +22,8 @@ How it scores (defaults below; a fitted weights file replaces them):
   matching undervalues paraphrases, so coverage decides less), center 0, tie band 0.3. Gold
   against itself is therefore always a tie.
 - Similarity is sentence-embedding cosine by default (bundled all-MiniLM-L6-v2, see
-  eval.judges.embedding), with its own default maps (EMBEDDING_DEFAULT_WEIGHTS: a semantic
-  compound test for atomicity, the domain slot inventory of eval.judges.slots for coverage);
+  judge.judges.embedding), with its own default maps (EMBEDDING_DEFAULT_WEIGHTS: a semantic
+  compound test for atomicity, the domain slot inventory of judge.judges.slots for coverage);
   backend="lexical" keeps the original lexical similarity and maps (DEFAULT_WEIGHTS). A fitted
   weights file records its backend and refuses the other one.
 

@@ -5,7 +5,7 @@ decision-critical unknowns of this task?". The gold's own asks are one view of t
 inventory is the other: for each of the corpus's domains, the unknowns that the hand-written
 reference answers of that domain keep asking about (dates, budget, who is involved, ...).
 
-  python -m eval.judges.slots build     # rewrite eval/judges/slot_inventory.json
+  python -m eval.judges.slots build     # rewrite judge/judges/slot_inventory.json
   python -m eval.judges.slots show      # print the slots per domain
 
 How it is built (deterministic; no case is tuned by hand):
