@@ -32,7 +32,7 @@ import sys
 
 from eval.ruler import RulerError, load_ruler
 from judge.cli import (build_judge, build_parser, export_main, judge_candidates,  # noqa: F401
-                       judge_choice, judge_file, read_candidates)
+                       judge_file, read_candidates)
 
 
 def main(argv=None) -> int:

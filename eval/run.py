@@ -45,6 +45,7 @@ from data.contract import ContractError, FieldMapError, parse_field_map
 from eval.adapter_check import adapter_hash, leak_reason
 from eval.experiment import case_entries, log_experiment
 from eval.log import DEFAULT_DB
+from judge.judges import judge_name
 from judge.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
 from eval.ruler import RulerError, load_ruler
@@ -79,7 +80,7 @@ def build_judge(name: str, *, swap: bool = False, samples: int = 1, options: dic
                              **options)
         except MissingKeyError as e:
             raise ValueError(str(e)) from None
-    raise ValueError(f"unknown judge {name!r}; choose offline or anthropic")
+    return get_judge(name, swap=swap, samples=samples, **options)   # learned:DIR
 
 
 def default_out_dir(label: str) -> Path:
@@ -263,8 +264,8 @@ def main(argv=None) -> int:
                    help="base model: hub id, local folder, Apple assets folder, or 'standin'")
     p.add_argument("--adapter", default=None, help="training run folder (PEFT adapter + run.json)")
     p.add_argument("--pipeline", choices=PIPELINES, default="single")
-    p.add_argument("--judge", choices=("offline", "anthropic"), default="offline",
-                   help="offline (deterministic proxy) or anthropic (Sonnet; ANTHROPIC_API_KEY)")
+    p.add_argument("--judge", type=judge_name, default="offline",
+                   help="offline (deterministic proxy), anthropic (Sonnet) or learned:DIR")
     p.add_argument("--label", required=True, help="short name of this experiment")
     p.add_argument("--note", required=True, help="the hypothesis this experiment tests")
     p.add_argument("--lever", default="inference",

@@ -20,7 +20,7 @@ from data.contract import ContractError, DiscoveryResult, parse_assistant, parse
     read_jsonl, spec_violations
 from judge.coverage import (Coverage, Entry, add_refusal_flags, check_entries,
                            refusal_message)
-from judge.judges import JUDGE_NAMES, JudgeItem, get_judge
+from judge.judges import JudgeItem, get_judge, is_learned, judge_name
 from judge.metric import render_scorecard, scorecard
 from judge.records import JudgedRecord, write_records
 from judge.verdict import Verdict
@@ -72,33 +72,17 @@ def read_candidates(path, cases, ruler: dict, field_map: dict | None = None
     return out, cov
 
 
-LEARNED_PREFIX = "learned:"
-
-
-def judge_choice(value: str) -> str:
-    """offline, anthropic, or learned:DIR (a folder written by python -m judge.learn)."""
-    if value in JUDGE_NAMES or (value.startswith(LEARNED_PREFIX) and value[len(LEARNED_PREFIX):]):
-        return value
-    if value == "learned":
-        raise argparse.ArgumentTypeError("learned needs its folder: --judge learned:DIR (train "
-                                         "one with python -m judge.learn --out DIR)")
-    raise argparse.ArgumentTypeError(f"unknown judge {value!r}; choose offline, anthropic or "
-                                     "learned:DIR")
-
-
 def build_judge(args):
-    if args.judge.startswith(LEARNED_PREFIX):
-        if args.swap or args.samples != 1 or args.weights or getattr(args, "offline_backend",
-                                                                       None):
-            raise ValueError("--swap, --samples, --weights and --offline-backend do not apply to "
-                             "the learned judge (its folder holds everything it needs)")
-        # Built here, not in eval.judges.get_judge: judge/ imports eval.judges, so a factory
-        # there would close an import cycle (tests/test_layers.py).
-        from judge.learned import LearnedJudge, LearnedJudgeError
-        try:
-            return LearnedJudge(args.judge[len(LEARNED_PREFIX):])
-        except LearnedJudgeError as e:
-            raise ValueError(str(e)) from None
+    """The judge named by args.judge (offline, anthropic or learned:DIR) with the command line's
+    options; ValueError for options that do not apply to it."""
+    if is_learned(args.judge):
+        others = (args.weights, getattr(args, "offline_backend", None),
+                  getattr(args, "embedding_model", None))
+        if args.swap or args.samples != 1 or any(others):
+            raise ValueError("--swap, --samples, --weights, --embedding-model and "
+                             "--offline-backend do not apply to the learned judge (its folder "
+                             "holds everything it needs)")
+        return get_judge(args.judge)
     if args.judge == "offline":
         if args.swap or args.samples != 1:
             raise ValueError("--swap and --samples apply to the anthropic judge only (the offline "
@@ -170,7 +154,7 @@ def build_parser(prog: str = "python -m eval.judge", description: str | None = N
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", required=True, help="JSONL, one candidate per ruler case")
-    p.add_argument("--judge", type=judge_choice, default="offline",
+    p.add_argument("--judge", type=judge_name, default="offline",
                    help="offline (deterministic proxy, default), anthropic (Sonnet) or "
                         "learned:DIR (python -m judge.learn)")
     p.add_argument("--swap", action="store_true",
@@ -226,7 +210,7 @@ def judge_file(args, cases, ruler: dict) -> int:
     card = scorecard(records, label=args.experiment or Path(args.candidates).name,
                      judge=judge.name, ruler=ruler)
     notice = None
-    if args.judge == "offline" or args.judge.startswith(LEARNED_PREFIX):
+    if args.judge == "offline" or is_learned(args.judge):
         from judge.judges.offline import PROXY_NOTICE
         notice = PROXY_NOTICE
     render_scorecard(card, notice=notice)

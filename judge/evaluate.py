@@ -102,7 +102,7 @@ def judged_indices(records: list[JudgedRecord]) -> list[int]:
 
 
 def offline_verdicts(records, idx, backend: str) -> dict[int, Verdict]:
-    from judge.judges import JudgeItem
+    from judge.judges.base import JudgeItem
     from judge.judges.offline import OfflineJudge
     judge = OfflineJudge(backend=backend)
     out = judge.judge_many([JudgeItem(records[i].input, records[i].gold, records[i].candidate)

@@ -128,7 +128,7 @@ def offline_judges() -> dict:
 
 def judge_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
                    ) -> dict[str, float]:
-    from judge.judges import JudgeItem
+    from judge.judges.base import JudgeItem
     out = {}
     for backend, judge in offline_judges().items():
         v = judge.judge_one(JudgeItem(task_input, gold, cand))

@@ -34,6 +34,7 @@ from data.contract import JUDGE_PROMPT_HASH, PROMPT_HASH, ContractError, Discove
 from data.corpus import REFERENCES_DIR
 from data.leak import LeakError, normalize_input, ruler_guard
 from data.sft import dedupe, load_gold, write_jsonl_atomic
+from judge.judges import judge_name
 from prefs.pairs import (REJECTION_KINDS, PrefsOptions, PrefsReport, apple_pair, judge_candidates,
                          select_pairs, sidecar_row, task_candidates, trl_pair)
 from prefs.student import StudentSpec, read_drafts, resolve_student, sample_student
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--drafts", action="append", type=Path, default=[],
                    help="JSONL of {input, candidate|text} drafts (repeatable)")
     g = ap.add_argument_group("judging and pairing")
-    g.add_argument("--judge", choices=("offline", "anthropic"), default="offline")
+    g.add_argument("--judge", type=judge_name, default="offline")
     g.add_argument("--judge-model", default=None, help="anthropic: judge model")
     g.add_argument("--judge-cache", default=None, help="anthropic: verdict cache (default: the "
                                                        "shared .cache/anthropic one)")

@@ -30,7 +30,7 @@ from data.contract import (
     JUDGE_PROMPT_HASH, JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, RUBRIC_DIMENSIONS, DiscoveryResult,
     judge_user_message, spec_violations,
 )
-from judge.judges import JudgeItem
+from judge.judges.base import JudgeItem
 from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict, clamp_score
 
 KIND = "judge"

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
 from data.contract.inputs import InputError, read_json
-from judge.judges import JudgeItem
+from judge.judges.base import JudgeItem
 from judge.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
                                           LexicalSimilarity, extract_features, texts_to_embed)
 from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
