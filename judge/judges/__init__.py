@@ -48,7 +48,7 @@ def check_judge_name(name: str) -> str:
         except LearnedJudgeError as e:
             raise ValueError(f"{folder} is not a fitted learned judge ({e})") from None
         return name
-    raise ValueError(f"unknown judge {name!r}; choose offline, anthropic or learned:DIR")
+    raise ValueError(f"choose one of offline, anthropic, learned:DIR (got {name!r})")
 
 
 def judge_name(value: str) -> str:
