@@ -5,7 +5,7 @@ catch regressions cheaply, and calibrate it against recorded real-judge verdicts
 (`python -m eval.calibrate`) before trusting its scale.
 
 How it scores (defaults below; a fitted weights file replaces them):
-- Text features, all 0..1, come from eval.judges.offline_features (question titles only, as the
+- Text features, all 0..1, come from judge.judges.offline_features (question titles only, as the
   real judge sees them): atomicity from compound detection (two asks joined by "and"/"or",
   several question marks, comma lists, bare and/or); specificity from generic-filler phrases and
   overlap with the task's terms (input, reference title and reference questions); coverage from
