@@ -2,7 +2,7 @@
 
   .venv/bin/python bench/offline_judge.py [--threads 1] [--repeat 3]
 
-Candidates are each ruler gold with every question reworded (eval.calibration_set.reword), so
+Candidates are each ruler gold with every question reworded (judge.calibration_set.reword), so
 every candidate text is new to the judge, as a real adapter's answers are. The model load (and
 the slot inventory) is timed apart; the judging time is taken with a fresh text cache each
 repeat, the best of --repeat. Prints both backends and the ratio. Target: embedding under 5 s
@@ -22,9 +22,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from data.contract import Question  # noqa: E402
 from data.corpus import ruler_cases  # noqa: E402
-from eval.calibration_set import reword  # noqa: E402
-from eval.judges import JudgeItem  # noqa: E402
-from eval.judges.offline import OfflineJudge  # noqa: E402
+from judge.calibration_set import reword  # noqa: E402
+from judge.judges import JudgeItem  # noqa: E402
+from judge.judges.offline import OfflineJudge  # noqa: E402
 
 
 def items():

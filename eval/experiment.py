@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from data.contract import ContractError
 from eval.log import append_experiment
-from eval.metric import paired_comparison, record_quality
-from eval.records import record_from_dict
+from judge.metric import paired_comparison, record_quality
+from judge.records import record_from_dict
 
 
 def scorecard_columns(card) -> dict:

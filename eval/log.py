@@ -230,7 +230,7 @@ def decide_status(headline: float, best: Experiment | None, invalid_reason: str 
 
 
 def case_records(db_path_or_conn, experiment_id: int) -> list[dict]:
-    """The judged records (eval/records.py format) stored with an experiment, in ruler order."""
+    """The judged records (judge/records.py format) stored with an experiment, in ruler order."""
     own = not isinstance(db_path_or_conn, sqlite3.Connection)
     conn = connect_readonly(db_path_or_conn) if own else db_path_or_conn
     try:

@@ -45,7 +45,8 @@ from data.contract import ContractError, FieldMapError, parse_field_map
 from eval.adapter_check import adapter_hash, leak_reason
 from eval.experiment import case_entries, log_experiment
 from eval.log import DEFAULT_DB
-from eval.metric import render_comparison, render_scorecard, scorecard
+from judge.judges import judge_name
+from judge.metric import render_comparison, render_scorecard, scorecard
 from eval.pipelines import DEFAULT_K, PIPELINES, PipelineOptions, load_pool, run_pipeline
 from eval.ruler import RulerError, load_ruler
 from eval.run_prompt import RunPrompt, prompt_of_run, run_prompt
@@ -65,7 +66,7 @@ def judge_identity(judge, swap: bool, samples: int) -> str:
 
 def build_judge(name: str, *, swap: bool = False, samples: int = 1, options: dict | None = None,
                 progress: bool = True):
-    from eval.judges import get_judge
+    from judge.judges import get_judge
     options = dict(options or {})
     if name == "offline":
         if swap or samples != 1:
@@ -79,7 +80,7 @@ def build_judge(name: str, *, swap: bool = False, samples: int = 1, options: dic
                              **options)
         except MissingKeyError as e:
             raise ValueError(str(e)) from None
-    raise ValueError(f"unknown judge {name!r}; choose offline or anthropic")
+    return get_judge(name, swap=swap, samples=samples, **options)   # learned:DIR
 
 
 def default_out_dir(label: str) -> Path:
@@ -112,7 +113,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
     """
     from rich.console import Console
 
-    from eval.judge import judge_candidates
+    from judge.cli import judge_candidates
     from train.models import load_with_adapter, pick_device
     console = console or Console(quiet=quiet)
     if engine not in ENGINES:
@@ -199,7 +200,7 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
                                  ).hexdigest()
     entries = case_entries(cases, gens, records)
     out.mkdir(parents=True, exist_ok=True)
-    from eval.records import write_records
+    from judge.records import write_records
     write_records(out / "records.jsonl", records)
     write_text_atomically(out / "cases.json", json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
     write_text_atomically(out / "scorecard.json", json.dumps(card.to_dict(), indent=2) + "\n")
@@ -234,8 +235,8 @@ def run_eval(*, base: str, adapter=None, pipeline: str = "single", judge: str = 
 
 
 def _print_summary(console, card, judge: str, s: dict) -> None:
-    from eval.judges.offline import PROXY_NOTICE
-    from eval.metric import PairedComparison
+    from judge.judges.offline import PROXY_NOTICE
+    from judge.metric import PairedComparison
     render_scorecard(card, console, notice=PROXY_NOTICE if judge == "offline" else None)
     best = s["best_before"]
     if best is None:
@@ -267,8 +268,8 @@ def main(argv=None) -> int:
                         "smollm2-135m (SmolLM2-135M-Instruct) | toy (the tiny stand-in)")
     p.add_argument("--adapter", default=None, help="training run folder (PEFT adapter + run.json)")
     p.add_argument("--pipeline", choices=PIPELINES, default="single")
-    p.add_argument("--judge", choices=("offline", "anthropic"), default="offline",
-                   help="offline (deterministic proxy) or anthropic (Sonnet; ANTHROPIC_API_KEY)")
+    p.add_argument("--judge", type=judge_name, default="offline",
+                   help="offline (deterministic proxy), anthropic (Sonnet) or learned:DIR")
     p.add_argument("--label", required=True, help="short name of this experiment")
     p.add_argument("--note", required=True, help="the hypothesis this experiment tests")
     p.add_argument("--lever", default="inference",

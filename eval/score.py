@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 
 from data.leak import normalize_input
-from eval.coverage import Entry, add_refusal_flags, check_entries, refusal_message
-from eval.metric import paired_comparison, render_comparison, render_scorecard, scorecard
-from eval.records import RecordError, read_records
+from judge.coverage import Entry, add_refusal_flags, check_entries, refusal_message
+from judge.metric import paired_comparison, render_comparison, render_scorecard, scorecard
+from judge.records import RecordError, read_records
 from eval.ruler import RulerError, load_ruler
 
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
         card = scorecard(recs, label=label, ruler=ruler, seed=args.seed)
         notes = ruler_notices(recs, cases, info)
         if proxy:
-            from eval.judges.offline import PROXY_NOTICE
+            from judge.judges.offline import PROXY_NOTICE
             notes.append(PROXY_NOTICE)
         render_scorecard(card, notice="\n".join(notes) or None)
         out["scorecards"].append(card.to_dict())

@@ -6,7 +6,7 @@
 For each experiment in turn, the learned judge is fitted on every other experiment's records and
 predicts this one's; the hand-written offline judges (lexical, embedding; built-in weights) need
 no fitting. Reported per judge:
-- experiment Spearman: mean case quality per experiment (eval.verdict.case_quality: 0 for an
+- experiment Spearman: mean case quality per experiment (judge.verdict.case_quality: 0 for an
   error or a failed spec gate), offline vs real, over the experiments with all --full (30) cases;
 - case Spearman: case quality over the judged cases (spec passed, no error);
 - pairwise accuracy, beside the "gold is always better" rate;
@@ -25,8 +25,8 @@ from scipy.stats import spearmanr
 
 from data.cli_types import COUNT
 from data.contract import RUBRIC_DIMENSIONS
-from eval.records import JudgedRecord, RecordError, read_records
-from eval.verdict import GOLD_BETTER, Verdict, case_quality
+from judge.records import JudgedRecord, RecordError, read_records
+from judge.verdict import GOLD_BETTER, Verdict, case_quality
 from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, features_matrix,
                            fit_model, targets, trainable, verdicts_from)
@@ -102,8 +102,8 @@ def judged_indices(records: list[JudgedRecord]) -> list[int]:
 
 
 def offline_verdicts(records, idx, backend: str) -> dict[int, Verdict]:
-    from eval.judges import JudgeItem
-    from eval.judges.offline import OfflineJudge
+    from judge.judges.base import JudgeItem
+    from judge.judges.offline import OfflineJudge
     judge = OfflineJudge(backend=backend)
     out = judge.judge_many([JudgeItem(records[i].input, records[i].gold, records[i].candidate)
                             for i in idx])
@@ -137,7 +137,7 @@ def evaluate(records: list[JudgedRecord], variants=tuple(VARIANTS), full: int = 
                                 " no error) to evaluate on")
     results = [agreement(b, records, offline_verdicts(records, idx, b), full) for b in baselines]
     if variants:
-        from eval.judges.offline_features import EmbeddingSimilarity
+        from judge.judges.offline_features import EmbeddingSimilarity
         x, names = features_matrix(((records[i].input, records[i].gold, records[i].candidate)
                                     for i in idx), EmbeddingSimilarity(), GROUPS)
         for v in variants:

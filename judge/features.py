@@ -5,7 +5,7 @@ Three groups, each a named vector so a fitted model records exactly what it was 
 - "embed": all-MiniLM-L6-v2 cosine statistics of candidate vs gold question titles (best match
   in both directions, one-to-one matched mean, coverage of gold asks at three thresholds), the
   candidate's own redundancy next to the gold's, closeness to the task input, task-title match;
-- "offline": the hand-written offline judge's features (eval.judges.offline_features) of the
+- "offline": the hand-written offline judge's features (judge.judges.offline_features) of the
   candidate, and the candidate-minus-gold difference of each (the gold is the yardstick);
 - "text": plain text statistics (lengths, empty descriptions, third-person wording, ...);
 - "judges": the two hand-written offline judges' own outputs (lexical and embedding backends,
@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from data.contract import DiscoveryResult
-from eval.judges.offline_features import extract_features, texts_to_embed
+from judge.judges.offline_features import extract_features, texts_to_embed
 
 GROUPS = ("embed", "offline", "text", "judges")
 DEFAULT_GROUPS = ("embed", "offline", "text")
@@ -120,7 +120,7 @@ def text_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
 def offline_judges() -> dict:
     """The lexical and embedding offline judges (built-in weights), built once per process."""
     if not _JUDGES:
-        from eval.judges.offline import OfflineJudge
+        from judge.judges.offline import OfflineJudge
         for backend in ("lexical", "embedding"):
             _JUDGES[backend] = OfflineJudge(backend=backend)
     return _JUDGES
@@ -128,7 +128,7 @@ def offline_judges() -> dict:
 
 def judge_features(task_input: str, gold: DiscoveryResult, cand: DiscoveryResult
                    ) -> dict[str, float]:
-    from eval.judges import JudgeItem
+    from judge.judges.base import JudgeItem
     out = {}
     for backend, judge in offline_judges().items():
         v = judge.judge_one(JudgeItem(task_input, gold, cand))

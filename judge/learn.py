@@ -4,7 +4,7 @@
                           [--groups embed,offline,text[,judges]] [--alpha 30] [--c 0.05]
                           [--backend embedding|lexical]
 
-FILE: eval.records JSONL (e.g. written by python -m judge.published). Records with a verdict,
+FILE: judge.records JSONL (e.g. written by python -m judge.published). Records with a verdict,
 a gold and a candidate and no error are learned from; the others are counted and skipped. A
 malformed record stops the run with file:line and key (exit 2). DIR receives weights.safetensors,
 config.json and manifest.json (judge.learned); load it with --judge learned:DIR.
@@ -15,14 +15,14 @@ import argparse
 import sys
 
 from data.cli_types import POSITIVE
-from eval.records import RecordError, read_records
+from judge.records import RecordError, read_records
 from judge.features import DEFAULT_GROUPS, GROUPS
 from judge.learned import (DEFAULT_ALPHA, DEFAULT_C, LearnedJudgeError, save, train,
                            trainable)
 
 
 def similarity(backend: str):
-    from eval.judges.offline_features import EmbeddingSimilarity, LexicalSimilarity
+    from judge.judges.offline_features import EmbeddingSimilarity, LexicalSimilarity
     return EmbeddingSimilarity() if backend == "embedding" else LexicalSimilarity()
 
 

@@ -26,9 +26,9 @@ from scipy.optimize import minimize
 
 from data.contract import RUBRIC_DIMENSIONS
 from data.contract.inputs import InputError, read_json
-from eval.judges import JudgeItem
-from eval.records import JudgedRecord
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
+from judge.judges.base import JudgeItem
+from judge.records import JudgedRecord
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
 from judge.features import DEFAULT_GROUPS, case_features, offline_judges, prefetch
 
 FORMAT = "fmdistill-learned-judge/1"
@@ -188,9 +188,14 @@ def save(model: Model, manifest: list[dict], folder, similarity_identity: str) -
     return f"learned@{identity[:12]}"
 
 
-def load(folder) -> tuple[Model, dict]:
-    from safetensors.numpy import load_file
+def check_folder(folder) -> dict:
+    """The config of a fitted judge folder, after checking it is one (config and weights present,
+    this format, weights matching their recorded sha256); LearnedJudgeError otherwise. Cheap: no
+    model is loaded, so command lines check --judge learned:DIR before anything runs."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise LearnedJudgeError(f"{folder}: no such folder; train one with python -m judge.learn "
+                                f"--records FILE --out {folder}")
     cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     for p in (cfg_path, w_path):
         if not p.is_file():
@@ -205,6 +210,14 @@ def load(folder) -> tuple[Model, dict]:
     if w_sha != cfg.get("weights_sha256"):
         raise LearnedJudgeError(f"{cfg_path}: key 'weights_sha256' does not match "
                                 f"{w_path.name} (the folder was edited or mixed)")
+    return cfg
+
+
+def load(folder) -> tuple[Model, dict]:
+    from safetensors.numpy import load_file
+    folder = Path(folder)
+    cfg = check_folder(folder)
+    w_path = folder / WEIGHTS_FILE
     t = load_file(str(w_path))
     f = len(cfg["feature_names"])
     if t["x_mean"].shape != (f,) or t["rubric_coef"].shape != (len(RUBRIC_DIMENSIONS), f):
@@ -236,7 +249,7 @@ class LearnedJudge:
     def __init__(self, folder, sim=None):
         self.model, self.config = load(folder)
         if sim is None:
-            from eval.judges.offline_features import EmbeddingSimilarity
+            from judge.judges.offline_features import EmbeddingSimilarity
             sim = EmbeddingSimilarity()
         if sim.identity != self.config["similarity"]:
             raise LearnedJudgeError(

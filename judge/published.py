@@ -10,7 +10,7 @@ The published layout, one experiment per file:
         or {"id", "input", "error", ...} for a case whose generation failed
     gold/<id>.json              {"id", "input", "gold": {taskTitle, taskDescription, questions}}
 
-Each element becomes one eval.records line: experiment = the file's stem, case_id = id, gold from
+Each element becomes one judge.records line: experiment = the file's stem, case_id = id, gold from
 gold/<id>.json, spec and verdict as published; error elements stay errors (they score 0). The
 file is pretty-printed JSON, so every element is located by the line its object starts on: a
 malformed one is reported as file:line and key, and the command exits 2.
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from data.contract import ContractError, DiscoveryResult
-from eval.records import JudgedRecord, RecordError, record_from_dict, write_records
+from judge.records import JudgedRecord, RecordError, record_from_dict, write_records
 
 
 class PublishedError(RecordError):

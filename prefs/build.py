@@ -34,6 +34,7 @@ from data.contract import JUDGE_PROMPT_HASH, PROMPT_HASH, ContractError, Discove
 from data.corpus import REFERENCES_DIR
 from data.leak import LeakError, normalize_input, ruler_guard
 from data.sft import dedupe, load_gold, write_jsonl_atomic
+from judge.judges import judge_name
 from prefs.pairs import (REJECTION_KINDS, PrefsOptions, PrefsReport, apple_pair, judge_candidates,
                          select_pairs, sidecar_row, task_candidates, trl_pair)
 from prefs.student import StudentSpec, read_drafts, resolve_student, sample_student
@@ -128,7 +129,7 @@ def build_prefs(gold_paths: list[Path], out_dir: Path, judge, *, options: PrefsO
 
 def build_judge_from_args(args):
     """Reuse eval.judge's option handling (the anthropic judge shares its verdict cache)."""
-    from eval.judge import build_judge
+    from judge.cli import build_judge
     ns = argparse.Namespace(judge=args.judge, swap=args.judge_swap, samples=args.judge_samples,
                             weights=args.judge_weights, embedding_model=args.embedding_model,
                             offline_backend=args.offline_backend,
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--drafts", action="append", type=Path, default=[],
                    help="JSONL of {input, candidate|text} drafts (repeatable)")
     g = ap.add_argument_group("judging and pairing")
-    g.add_argument("--judge", choices=("offline", "anthropic"), default="offline")
+    g.add_argument("--judge", type=judge_name, default="offline")
     g.add_argument("--judge-model", default=None, help="anthropic: judge model")
     g.add_argument("--judge-cache", default=None, help="anthropic: verdict cache (default: the "
                                                        "shared .cache/anthropic one)")

@@ -15,8 +15,8 @@ from data.contract import (PROMPT_HASH, RUBRIC_DIMENSIONS, Case, DiscoveryResult
 from data.leak import normalize_input
 from data.negatives import KINDS as SYNTHETIC_KINDS
 from data.negatives import make_negatives
-from eval.judges import JudgeItem
-from eval.verdict import case_quality
+from judge.judges import JudgeItem
+from judge.verdict import case_quality
 
 GOLD, ON_POLICY = "gold", "on-policy"
 REJECTION_KINDS = (*SYNTHETIC_KINDS, ON_POLICY)
@@ -29,7 +29,7 @@ class Candidate:
     note: str = ""                   # what makes it differ from the gold (negatives), if known
     provenance: dict = field(default_factory=dict)
     spec: list[str] = field(default_factory=list)   # spec-gate violations (empty = passed)
-    verdict: object = None           # eval.verdict.Verdict once judged
+    verdict: object = None           # judge.verdict.Verdict once judged
     error: str | None = None         # the judge failed on it: it takes no part in pairs
 
     @property

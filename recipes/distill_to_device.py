@@ -29,7 +29,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 from rich.console import Console
 
@@ -53,7 +52,7 @@ class RecipeConfig:
     sft_config: str = "configs/sft.yaml"
     orpo_config: str = "configs/orpo.yaml"
     prefs_samples: int = 4                    # student samples per task
-    prefs_judge: Literal["anthropic", "offline"] = "anthropic"
+    prefs_judge: str = "anthropic"            # anthropic | offline | learned:DIR
     prefs_swap: bool = False
     prefs_limit: int | None = None            # only the first N gold tasks
     prefs_max_new_tokens: int = 640
@@ -353,9 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     from data.redaction import MissingKeyError, redact
     from data.contract import ContractError
     from data.corpus import read_tasks
+    from judge.judges import check_judge_name
     from train.config import ConfigError, load_config
     try:
         cfg = load_config(RecipeConfig, args.config)
+        try:
+            check_judge_name(cfg.prefs_judge)
+        except ValueError as e:
+            raise ConfigError(f"{args.config}: key 'prefs_judge': {e}") from None
         tasks = read_tasks(args.tasks)
         res = run_recipe(tasks, cfg, args.out, yes=args.yes)
     except (MissingKeyError, ConfigError, ContractError, FileNotFoundError, ValueError) as e:

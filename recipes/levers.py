@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     from data.sft import build_sft_data
-    from eval.metric import paired_comparison
-    from eval.records import read_records
+    from judge.metric import paired_comparison
+    from judge.records import read_records
     from eval.run import run_eval
     from train.config import load_config
     from train.sft import SFTRunConfig, run_sft

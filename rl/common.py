@@ -1,6 +1,6 @@
 """What the judge-driven stages share: the judge keys of their configs, building the judge
-(offline, or Anthropic through the cached client after a spend confirmation) and the training
-tasks with their gold."""
+(offline, learned:DIR, or Anthropic through the cached client after a spend confirmation) and
+the training tasks with their gold."""
 from __future__ import annotations
 
 import sys
@@ -8,15 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.contract import DiscoveryResult, parse_assistant
+from judge.judges import check_judge_name
 from rl.reward import gold_json
 from train.config import ConfigError
-
-JUDGES = ("offline", "anthropic")
 
 
 @dataclass
 class JudgeFields:
-    judge: str = field(default="offline", metadata={"help": "offline | anthropic"})
+    judge: str = field(default="offline", metadata={"help": "offline | anthropic | learned:DIR"})
     fail_reward: float = field(default=0.0, metadata={
         "help": "reward of an answer that fails to parse or fails the spec gate"})
     judge_model: str = "claude-sonnet-4-6"
@@ -29,8 +28,11 @@ class JudgeFields:
 
 
 def check_judge(cfg) -> None:
-    if cfg.judge not in JUDGES:
-        raise ConfigError(f"judge {cfg.judge!r}: choose one of {', '.join(JUDGES)}")
+    """offline, anthropic or learned:DIR (a fitted judge folder, checked now, before training)."""
+    try:
+        check_judge_name(cfg.judge)
+    except ValueError as e:
+        raise ConfigError(f"judge {cfg.judge!r}: {e}") from None
 
 
 def load_tasks(cfg):
@@ -65,10 +67,10 @@ def load_tasks(cfg):
 
 
 def build_judge(cfg):
-    """The judge through eval.judge's own option handling (shared verdict cache and defaults)."""
+    """The judge through judge.cli's option handling (shared verdict cache and defaults)."""
     import argparse
 
-    from eval.judge import build_judge as build_eval_judge
+    from judge.cli import build_judge as build_eval_judge
     ns = argparse.Namespace(judge=cfg.judge, swap=False, samples=1, weights=cfg.judge_weights,
                             embedding_model=None, offline_backend=None,
                             model=cfg.judge_model if cfg.judge == "anthropic" else None,

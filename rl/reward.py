@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 from data.contract import (JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, DiscoveryResult, parse_assistant,
                            spec_violations)
-from eval.judges import JudgeItem
-from eval.verdict import Verdict, case_quality
+from judge.judges import JudgeItem
+from judge.verdict import Verdict, case_quality
 
 JUDGE_ANSWER_TOKENS = 600     # two answers in the judge's user turn, measured on the planner's
 JUDGE_OUT_TOKENS = 250        # the judge's tool call

@@ -81,7 +81,7 @@ def tiny_sft_run(standin_dir, sft_data_dir) -> Path:
 def tiny_pairs_dir(tmp_path_factory) -> Path:
     """Offline preference pairs from 24 bundled references (synthetic negatives, offline judge)."""
     from data.corpus import REFERENCES_DIR
-    from eval.judges import get_judge
+    from judge.judges import get_judge
     from prefs.build import PrefsOptions, build_prefs
     out = tmp_path_factory.mktemp("pairs")
     build_prefs([REFERENCES_DIR], out, get_judge("offline"),

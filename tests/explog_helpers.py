@@ -1,15 +1,15 @@
 """Synthetic scored experiments for the experiment-log and dashboard tests (no model needed).
 
-Records are real JudgedRecords on the real ruler cases, scored by eval.metric and appended by
+Records are real JudgedRecords on the real ruler cases, scored by judge.metric and appended by
 eval.experiment.log_experiment — the same path `python -m eval.run` takes after generation.
 """
 from __future__ import annotations
 
 from data.contract import RUBRIC_DIMENSIONS
-from eval.metric import scorecard
-from eval.records import JudgedRecord
+from judge.metric import scorecard
+from judge.records import JudgedRecord
 from eval.experiment import log_experiment
-from eval.verdict import Verdict
+from judge.verdict import Verdict
 
 PAIRWISE_CYCLE = ("gold", "tie", "candidate")
 

@@ -11,8 +11,8 @@ from data.redaction import MissingKeyError
 from data.contract import (
     JUDGE_PROMPT_HASH, JUDGE_SYSTEM_PROMPT, DiscoveryResult, Question, judge_user_message,
 )
-from eval.judges import JudgeItem, get_judge
-from eval.judges.anthropic import AnthropicJudge, export_records
+from judge.judges import JudgeItem, get_judge
+from judge.judges.anthropic import AnthropicJudge, export_records
 
 try:
     from tests.fakes import FakeAnthropic, Fault, judge_sets

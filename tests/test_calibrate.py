@@ -14,11 +14,11 @@ import pytest
 
 from data.contract import Question, spec_violations
 from data.corpus import ruler_cases
-from eval.calibrate import CalibrationError, calibrate, fit_band, main as calibrate_main
-from eval.judges.offline import (DEFAULT_WEIGHTS, OfflineJudge, pairwise_decision, pairwise_margin,
+from judge.calibrate import CalibrationError, calibrate, fit_band, main as calibrate_main
+from judge.judges.offline import (DEFAULT_WEIGHTS, OfflineJudge, pairwise_decision, pairwise_margin,
                                  predict_scores)
-from eval.judges.offline_features import FEATURES
-from eval.records import read_records
+from judge.judges.offline_features import FEATURES
+from judge.records import read_records
 
 REPO = Path(__file__).resolve().parent.parent
 LEGACY = {"gold": "goldBetter", "tie": "tie", "candidate": "fmBetter"}
@@ -159,7 +159,7 @@ def test_cli_writes_weights_the_offline_judge_loads(exact_file, tmp_path, capsys
     assert judge.name in text and judge.weights["dimensions"]["coverage"]["weights"][
         "coverage_soft"] == pytest.approx(2.0, abs=1e-3)
     c = ruler_cases()[0]
-    from eval.judges import JudgeItem
+    from judge.judges import JudgeItem
     assert judge.judge_one(JudgeItem(c.input, c.gold, c.gold)).pairwise in ("tie", "gold")
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from eval import log as explog
-from eval.records import read_records
+from judge.records import read_records
 from eval.ruler import RulerError
 from eval.run import main as run_main
 from eval.adapter_check import training_inputs_of

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from data.contract import DiscoveryResult, Question, render_assistant
-from eval.judges import get_judge
-from eval.verdict import case_quality
+from judge.judges import get_judge
+from judge.verdict import case_quality
 from rl.reward import PlannerReward, gold_json, judge_cost_estimate
 from train.config import load_config
 
@@ -59,7 +59,7 @@ def test_failing_answers_get_the_minimum_and_the_gold_beats_another_tasks_answer
 
 
 def test_anthropic_judge_as_reward_sends_only_passing_answers(monkeypatch, tmp_path):
-    from eval.judges.anthropic import AnthropicJudge
+    from judge.judges.anthropic import AnthropicJudge
     with FakeAnthropic(api_key=KEY) as srv:
         monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
         monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.base_url)
@@ -153,7 +153,7 @@ def test_reward_matches_the_ruler_metric():
     judge = get_judge("offline")
     reward = PlannerReward(judge)
     (r,) = call(reward, [render_assistant(GARDEN)], gold=GARDEN, task="Start a vegetable garden")
-    from eval.judges import JudgeItem
+    from judge.judges import JudgeItem
     (v,) = judge.judge_many([JudgeItem("Start a vegetable garden", GARDEN, GARDEN)])
     assert r == pytest.approx(case_quality(v, spec_passed=True))
 

@@ -92,7 +92,7 @@ def _judge(args):
 
 
 def _calibrate(args):
-    from eval.calibrate import main
+    from judge.calibrate import main
     return main(["--verdicts", *args, "--out", "OUT/weights.json"])
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from data.contract import render_assistant
 from eval.judge import main as judge_main
-from eval.metric import scorecard
-from eval.records import read_records
+from judge.metric import scorecard
+from judge.records import read_records
 from eval.ruler import DEFAULT_RULER_DIR, freeze, load_ruler
 from eval.score import main as score_main
 

@@ -1,7 +1,9 @@
 """The package layout's imports only run downhill, and no modules import each other in a circle.
 
-Layers, bottom to top: data <- train, export <- eval, judge <- prefs <- recipes, bench. A module may
-import from its own layer or any layer below, never above. Every import statement counts,
+Layers, bottom to top: data <- train, export <- judge <- eval <- prefs, rl <- recipes, bench.
+judge (verdicts, records, the judges, the scorecard, calibration) sits below eval (the research
+loop: the frozen ruler, generation, the experiment log), so prefs and rl reach a judge without
+the research loop. A module may import from its own layer or any layer below, never above. Every import statement counts,
 including the ones inside functions (a lazy import is still a dependency). Read with ast, so
 the check needs none of the heavy dependencies installed.
 """
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-LAYERS = {"data": 0, "train": 1, "export": 1, "eval": 2, "judge": 2, "prefs": 3, "rl": 3, "recipes": 4, "bench": 4}
+LAYERS = {"data": 0, "train": 1, "export": 1, "judge": 2, "eval": 3, "prefs": 4, "rl": 4, "recipes": 5,
+          "bench": 5}
 
 
 def module_name(path: Path) -> str:

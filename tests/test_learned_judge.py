@@ -10,10 +10,10 @@ import pytest
 from scipy.stats import spearmanr
 
 from data.contract import DiscoveryResult, Question
-from eval.judges import JudgeItem
-from eval.judges.offline_features import LexicalSimilarity
-from eval.records import JudgedRecord, read_records, write_records
-from eval.verdict import GOLD_BETTER, TIE, Verdict
+from judge.judges import JudgeItem
+from judge.judges.offline_features import LexicalSimilarity
+from judge.records import JudgedRecord, read_records, write_records
+from judge.verdict import GOLD_BETTER, TIE, Verdict
 from judge.evaluate import agreement, leave_one_experiment_out
 from judge.learn import main as learn_main
 from judge.learned import LearnedJudge, LearnedJudgeError, load, save, train
@@ -168,19 +168,66 @@ def test_leave_one_experiment_out_never_sees_the_held_out_experiment(sim):
     assert all(pred2[i].rubric == pred[i].rubric for i in range(20))
 
 
-def test_eval_judge_accepts_learned_with_a_folder_only(tmp_path):
+def test_judge_name_accepts_learned_with_a_fitted_folder_only(fitted, tmp_path, sim):
     import argparse
     from types import SimpleNamespace
-    from eval.judge import build_judge, judge_choice
-    assert judge_choice("learned:some/dir") == "learned:some/dir"
-    assert judge_choice("offline") == "offline"
-    for bad in ("learned", "learned:", "sonnet"):
+    from judge.cli import build_judge
+    from judge.judges import JUDGE_NAMES, get_judge, judge_name
+    folder, name = fitted
+    assert "learned" in JUDGE_NAMES
+    assert judge_name(f"learned:{folder}") == f"learned:{folder}"
+    assert judge_name("offline") == "offline"
+    for bad in ("learned", "learned:", "sonnet", f"learned:{tmp_path / 'none'}"):
         with pytest.raises(argparse.ArgumentTypeError):
-            judge_choice(bad)
+            judge_name(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="python -m judge.learn"):
+        judge_name("learned")
+    assert get_judge(f"learned:{folder}", sim=sim).name == name
+    with pytest.raises(ValueError, match="do not apply to the learned judge"):
+        get_judge(f"learned:{folder}", sim=sim, model="claude")
     args = SimpleNamespace(judge=f"learned:{tmp_path / 'none'}", swap=False, samples=1,
                            weights=None, offline_backend=None, embedding_model=None)
-    with pytest.raises(ValueError, match="config.json: missing"):
+    with pytest.raises(ValueError, match="no such folder"):
         build_judge(args)
     args.swap = True
     with pytest.raises(ValueError, match="do not apply to the learned judge"):
         build_judge(args)
+
+
+class _Parsed(Exception):
+    """Raised by a stand-in for the work after parsing: the command line was accepted."""
+
+
+@pytest.mark.parametrize("command", ["eval.run", "prefs.build", "eval.judge"])
+def test_judge_option_takes_learned_dir_and_refuses_an_unfitted_folder(command, fitted, tmp_path,
+                                                                       monkeypatch, capsys):
+    """--judge learned:DIR is accepted where a judge is chosen by name; a folder that holds no
+    fitted judge is a usage error (exit 2) naming the folder and how to fit one."""
+    import importlib
+    folder, _ = fitted
+    mod = importlib.import_module(command)
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen["judge"] = kwargs.get("judge", getattr(args[0], "judge", None) if args else None)
+        raise _Parsed
+
+    argv = {"eval.run": ["--base", "standin", "--label", "t", "--note", "n"],
+            "prefs.build": ["--out", str(tmp_path / "prefs")],
+            "eval.judge": ["--candidates", str(tmp_path / "c.jsonl")]}[command]
+    target = {"eval.run": "run_eval", "prefs.build": "build_judge_from_args",
+              "eval.judge": "load_ruler"}[command]
+    monkeypatch.setattr(mod, target, stop)
+    with pytest.raises(_Parsed):
+        mod.main(argv + ["--judge", f"learned:{folder}"])
+    if command != "eval.judge":
+        assert seen["judge"] == f"learned:{folder}"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit) as e:
+        mod.main(argv + ["--judge", f"learned:{empty}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --judge" in err and str(empty) in err and "not a fitted learned judge" in err
+    assert "python -m judge.learn" in err and "Traceback" not in err

@@ -10,10 +10,10 @@ from rich.console import Console
 
 from data.contract import Question
 from data.corpus import ruler_cases
-from eval.metric import (bootstrap_ci, paired_comparison, record_quality, render_scorecard,
+from judge.metric import (bootstrap_ci, paired_comparison, record_quality, render_scorecard,
                          scorecard)
-from eval.records import JudgedRecord, RecordError, read_records, write_records
-from eval.verdict import Verdict
+from judge.records import JudgedRecord, RecordError, read_records, write_records
+from judge.verdict import Verdict
 
 DIMS = ("atomicity", "specificity", "coverage", "naturalness", "nonRedundancy")
 

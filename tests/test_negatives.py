@@ -9,7 +9,7 @@ from data.leak import content_words
 from data.negatives import (COMPOUND, DROP_CRITICAL, GENERIC_QUESTIONS, KINDS, REDUNDANT, TARGETS,
                             NegativeError, compound, drop_critical, make_negatives, paraphrase,
                             redundant)
-from eval.judges import JudgeItem, get_judge
+from judge.judges import JudgeItem, get_judge
 
 
 @pytest.fixture(scope="module")

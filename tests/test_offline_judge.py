@@ -8,10 +8,10 @@ import pytest
 
 from data.contract import Question
 from data.corpus import ruler_cases
-from eval.judges import JudgeItem, get_judge
-from eval.judges.offline import (DEFAULT_WEIGHTS, OfflineJudge, WeightsError, load_weights)
-from eval.judges.offline_features import compound_kind, is_generic, split_asks
-from eval.verdict import GOLD_BETTER, TIE
+from judge.judges import JudgeItem, get_judge
+from judge.judges.offline import (DEFAULT_WEIGHTS, OfflineJudge, WeightsError, load_weights)
+from judge.judges.offline_features import compound_kind, is_generic, split_asks
+from judge.verdict import GOLD_BETTER, TIE
 
 FILLERS = ("Do you have any other preferences?", "Is there anything else I should know?")
 

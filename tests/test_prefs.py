@@ -12,8 +12,8 @@ from data.contract import (DiscoveryResult, Question, parse_assistant, planner_m
 from data.corpus import REFERENCES_DIR, reference_cases, ruler_cases
 from prefs.build import PrefsOptions, build_prefs, main
 from prefs.pairs import GOLD, ON_POLICY, Candidate, select_pairs
-from eval.judges import get_judge
-from eval.verdict import Verdict
+from judge.judges import get_judge
+from judge.verdict import Verdict
 
 try:
     from tests.fakes import FakeAnthropic, judge_sets

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.records import read_records
-from eval.verdict import GOLD_BETTER, TIE
+from judge.records import read_records
+from judge.verdict import GOLD_BETTER, TIE
 from judge.published import PublishedError, array_elements, convert, main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "published"

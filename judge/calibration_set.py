@@ -15,7 +15,7 @@ leak guard) it derives seven candidates, from gold-level to clearly bad:
 | generic     | 0     | seven generic filler questions                                |
 | off_topic   | 0     | the gold of a task from another domain                        |
 
-Each triple carries an expected verdict in the judged-records format (eval.records): a 1..5
+Each triple carries an expected verdict in the judged-records format (judge.records): a 1..5
 rubric per dimension chosen so that case quality falls with the level, and the pairwise verdict
 (tie for the paraphrase, gold better for the rest). `python -m eval.calibrate` fits on part of
 it and reports agreement on the rest, plus the share of same-task pairs of different levels that
@@ -31,8 +31,8 @@ from data.contract import Question, spec_violations
 from data.corpus import reference_cases, ruler_inputs
 from data.leak import LeakGuard
 from data.negatives import GENERIC_QUESTIONS, compound, paraphrase
-from eval.records import JudgedRecord
-from eval.verdict import GOLD_BETTER, TIE, Verdict
+from judge.records import JudgedRecord
+from judge.verdict import GOLD_BETTER, TIE, Verdict
 
 PREFIX = "calset:"
 LEVELS = {"paraphrase": 4, "duplicated": 3, "compound": 3, "truncated": 2, "shuffled": 1,
