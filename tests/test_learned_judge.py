@@ -177,11 +177,11 @@ def test_judge_name_accepts_learned_with_a_fitted_folder_only(fitted, tmp_path, 
     assert "learned" in JUDGE_NAMES
     assert judge_name(f"learned:{folder}") == f"learned:{folder}"
     assert judge_name("offline") == "offline"
-    for bad in ("learned", "learned:", "sonnet", f"learned:{tmp_path / 'none'}"):
+    for bad in ("sonnet", f"learned:{tmp_path / 'none'}"):
         with pytest.raises(argparse.ArgumentTypeError):
             judge_name(bad)
-    with pytest.raises(argparse.ArgumentTypeError, match="python -m judge.learn"):
-        judge_name("learned")
+    # plain `learned` is the shipped judge (fitted on the published development verdicts)
+    assert judge_name("learned") == "learned" and judge_name("learned:") == "learned:"
     assert get_judge(f"learned:{folder}", sim=sim).name == name
     with pytest.raises(ValueError, match="do not apply to the learned judge"):
         get_judge(f"learned:{folder}", sim=sim, model="claude")
@@ -231,3 +231,23 @@ def test_judge_option_takes_learned_dir_and_refuses_an_unfitted_folder(command, 
     err = capsys.readouterr().err
     assert "argument --judge" in err and str(empty) in err and "not a fitted learned judge" in err
     assert "python -m judge.learn" in err and "Traceback" not in err
+
+
+def test_shipped_judge_is_complete_and_names_its_training_data():
+    """judge/shipped/learned-dev: weights whose sha256 the config states, the training-data
+    hash in its name, and a manifest of (experiment, case, candidate sha256) per training record
+    so any measurement set can be checked for overlap; no text of the source data."""
+    import hashlib
+    from judge.judges import SHIPPED_LEARNED
+    from judge.learned import check_folder
+    cfg = check_folder(SHIPPED_LEARNED)
+    assert cfg["n_train"] >= 1800
+    manifest = json.loads((SHIPPED_LEARNED / "manifest.json").read_text())
+    assert len(manifest) == cfg["n_train"]
+    assert all(set(m) >= {"case_id", "candidate_sha256"} for m in manifest)
+    w = hashlib.sha256((SHIPPED_LEARNED / "weights.safetensors").read_bytes()).hexdigest()
+    assert w == cfg["weights_sha256"]
+    # identifiers and hashes only: no value carries text of the source data
+    values = [v for m in manifest for v in m.values()] + cfg["feature_names"]
+    assert all(isinstance(v, str) and " " not in v and len(v) <= 64 for v in values)
+

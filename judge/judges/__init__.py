@@ -5,19 +5,24 @@ A judge returns, per item, a Verdict or an error string (an error is recorded, n
 "offline@<weights hash>:<backend>", "anthropic:claude-sonnet-4-6" or "learned@<hash>");
 `prompt_hash` identifies the prompt (or the learned judge's weights and training data).
 
-Judge names: offline, anthropic, and learned:DIR (a folder written by `python -m judge.learn`;
-no fitted learned judge ships with the project, so plain `learned` asks for the folder).
+Judge names: offline, anthropic, and learned[:DIR] (a folder written by `python -m judge.learn`;
+plain `learned` is the one fitted on the seed project's published Sonnet verdicts, shipped in
+judge/shipped/learned-dev with its provenance).
 `judge_name` is the argparse type every `--judge` option uses; `check_judge_name` is the same
 check for config files.
 """
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from judge.judges.base import Judge, JudgeItem  # noqa: F401  (the interface, re-exported)
 
 JUDGE_NAMES = ("offline", "anthropic", "learned")
 LEARNED_PREFIX = "learned:"
+# Fitted on the development verdicts of the seed project's public research log (1,883 judged
+# cases, 82 experiments; PROVENANCE.md there); leave-one-experiment-out in docs/metric.md.
+SHIPPED_LEARNED = Path(__file__).resolve().parent.parent / "shipped" / "learned-dev"
 LEARNED_HOWTO = ("fit one with python -m judge.learn --records FILE --out DIR, then pass "
                  "--judge learned:DIR")
 
@@ -27,12 +32,9 @@ def is_learned(name: str) -> bool:
 
 
 def learned_folder(name: str) -> str:
-    """The folder of `learned:DIR`; plain `learned` has no default (none ships): ValueError."""
+    """The folder of `learned:DIR`; plain `learned` (or `learned:`) is the shipped one."""
     folder = name[len(LEARNED_PREFIX):] if name.startswith(LEARNED_PREFIX) else ""
-    if not folder:
-        raise ValueError(f"the learned judge needs its folder and none ships with the project; "
-                         f"{LEARNED_HOWTO}")
-    return folder
+    return folder or str(SHIPPED_LEARNED)
 
 
 def check_judge_name(name: str) -> str:
